@@ -1,0 +1,527 @@
+r"""The shared engine of the pair-attribution family.
+
+Every method of the family (SFAM and its baselines) explains a *pair*: a query
+image against a K-shot support. They all
+
+1. capture the activations ``A`` of one layer for the queries and for the
+   support images (forward only, stopping the network right after the layer),
+2. pool them into vectors ``V = p(A)``; the support vector is the mean of the K
+   pooled shots (Eq. 1 of the SFAM paper),
+3. turn the pair into channel weights (the only part that differs),
+4. combine the weights linearly with the activations, ``L = sum_n w_n A^n``.
+
+This module holds steps 1, 2 and 4 and all input checking; each method lives in
+its own module and only implements :meth:`PairAttribution._weights` (and, for
+Decomposition, :meth:`PairAttribution._maps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_tensor_into_tuples,
+)
+from captum._utils.gradient import _forward_layer_eval
+from captum.attr._utils.attribution import LayerAttribution
+from torch import Tensor
+from torch.nn import Module
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+PoolingType = Union[str, Callable[[Tensor], Tensor]]
+ReshapeTransform = Callable[[Tensor], Tensor]
+
+METRICS = ("euclidean", "cosine")
+POOLINGS = ("avg", "max")
+
+
+# --------------------------------------------------------------------------
+# Argument checking shared by the whole package
+# --------------------------------------------------------------------------
+def check_metric(metric: object) -> str:
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def check_pooling(pooling: object) -> PoolingType:
+    if callable(pooling):
+        return pooling  # type: ignore[return-value]
+    if not isinstance(pooling, str) or pooling not in POOLINGS:
+        raise ValueError(
+            f"pooling must be one of {POOLINGS} or a callable mapping "
+            f"(B, N, h, w) to (B, N), got {pooling!r}"
+        )
+    return pooling
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any tensor is float64, float32 otherwise (half types included)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def pool(activations: Tensor, pooling: PoolingType) -> Tensor:
+    """Pool (B, N, h, w) activations into (B, N) vectors: the paper's ``p``."""
+    if pooling == "avg":
+        return activations.mean(dim=(-2, -1))
+    if pooling == "max":
+        return activations.amax(dim=(-2, -1))
+    pooled = pooling(activations)  # type: ignore[operator]
+    expected = activations.shape[:2]
+    if not isinstance(pooled, Tensor) or pooled.shape != expected:
+        got = tuple(pooled.shape) if isinstance(pooled, Tensor) else type(pooled)
+        raise ValueError(
+            f"pooling callable must map {tuple(activations.shape)} to "
+            f"{tuple(expected)}, got {got}"
+        )
+    pooled = pooled.to(activations.dtype)
+    check_finite(pooled, "the output of the pooling callable")
+    return pooled
+
+
+# --------------------------------------------------------------------------
+# Activation capture
+# --------------------------------------------------------------------------
+class _StopForward(Exception):
+    """Raised by our hook to stop the network right after the hooked layer."""
+
+
+def _root_module(forward_func: Callable[..., Any]) -> Optional[Module]:
+    if isinstance(forward_func, Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    return owner if isinstance(owner, Module) else None
+
+
+@contextlib.contextmanager
+def preserved_buffers(*modules: Optional[Module]) -> Iterator[None]:
+    """Restore every buffer of ``modules`` on exit.
+
+    A forward pass of a model left in ``train()`` mode updates BatchNorm running
+    statistics; an explanation must not, so we put the buffers back bitwise.
+    """
+    saved = []
+    seen = set()
+    for module in modules:
+        if module is None:
+            continue
+        for buf in module.buffers():
+            if id(buf) not in seen:
+                seen.add(id(buf))
+                saved.append((buf, buf.detach().clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def capture_activations(
+    forward_func: Callable[..., Any],
+    layer: Module,
+    inputs: Tuple[Tensor, ...],
+    additional_forward_args: Any = None,
+    attribute_to_layer_input: bool = False,
+    device_ids: Optional[List[int]] = None,
+    name: str = "inputs",
+) -> Tuple[Tensor, ...]:
+    """Activations of ``layer`` for ``inputs``, without recording a graph.
+
+    The network stops right after ``layer`` (a private exception raised by the
+    hook), so the part after the layer costs nothing. With ``device_ids`` or a
+    ``DataParallel`` forward, Captum's own helper is used instead, which runs the
+    whole network and gathers the replicas' activations as Captum's layer
+    methods do. Hooks are removed and buffers restored even on errors.
+    """
+    root = _root_module(forward_func)
+    with preserved_buffers(root, layer):
+        if device_ids is not None or isinstance(root, torch.nn.DataParallel):
+            return tuple(
+                _forward_layer_eval(
+                    forward_func,
+                    inputs,
+                    layer,
+                    additional_forward_args=additional_forward_args,
+                    device_ids=device_ids,
+                    attribute_to_layer_input=attribute_to_layer_input,
+                    grad_enabled=False,
+                )
+            )
+        store: List[Tuple[Tensor, ...]] = []
+
+        def hook(_module: Module, args: Any, output: Any = None) -> None:
+            value = args if attribute_to_layer_input else output
+            value = value if isinstance(value, tuple) else (value,)
+            store.append(tuple(v.detach() for v in value if isinstance(v, Tensor)))
+            raise _StopForward
+
+        if attribute_to_layer_input:
+            handle = layer.register_forward_pre_hook(hook)
+        else:
+            handle = layer.register_forward_hook(hook)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        try:
+            with torch.no_grad():
+                forward_func(*inputs, *args)
+        except _StopForward:
+            pass
+        except RuntimeError as error:
+            raise ValueError(
+                f"{name}: forward_func cannot run on it: {error}"
+            ) from error
+        finally:
+            handle.remove()
+    if not store:
+        raise ValueError(
+            "layer was not called by forward_func: pass a submodule that the "
+            "model's forward uses"
+        )
+    return store[0]
+
+
+# --------------------------------------------------------------------------
+# The features of a batch of pairs
+# --------------------------------------------------------------------------
+@dataclass
+class PairFeatures:
+    r"""Everything a method needs to turn pairs into channel weights.
+
+    ``Bs`` is 1 when one support is shared by all B queries (its features are
+    computed once and broadcast) and B when each query has its own support.
+    Activations and vectors are float32 (float64 if the activations are).
+    """
+
+    query: Tensor  # (B, N, h, w) query activations
+    support: Tensor  # (Bs, K, N, h', w') support activations
+    query_vectors: Tensor  # (B, N) pooled query activations, V^Q
+    shot_vectors: Tensor  # (Bs, K, N) pooled support shots
+    support_vectors: Tensor  # (Bs, N) V^S, mean of the K shots (Eq. 1)
+    inputs: Tuple[Tensor, ...]  # the formatted query inputs
+    support_inputs: Tuple[Tensor, ...]  # the support as (Bs*K, ...) inputs
+    additional_forward_args: Any
+    attribute_to_layer_input: bool
+    output_dtype: torch.dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def shots(self) -> int:
+        return self.support.shape[1]
+
+    @property
+    def shared_support(self) -> bool:
+        """True when one support (computed once) serves every query."""
+        return self.support.shape[0] == 1
+
+
+def _format_support(
+    inputs: Tuple[Tensor, ...], support: TensorOrTuple
+) -> Tuple[Tuple[Tensor, ...], int, int]:
+    """Flatten ``support`` to (Bs*K, ...) tensors; returns (flat, Bs, K)."""
+    if isinstance(support, Tensor):
+        support = (support,)
+    if not isinstance(support, tuple) or not all(
+        isinstance(s, Tensor) for s in support
+    ):
+        raise TypeError("support must be a Tensor or a tuple of Tensors")
+    if len(support) != len(inputs):
+        raise ValueError(
+            f"support must hold one tensor per input tensor ({len(inputs)}), "
+            f"got {len(support)}"
+        )
+    batch = inputs[0].shape[0]
+    flat, layouts = [], set()
+    for inp, sup in zip(inputs, support):
+        if not sup.is_floating_point():
+            raise TypeError(f"support must be a floating point tensor, got {sup.dtype}")
+        if sup.dim() == inp.dim():  # (K, C, H, W): shared by every query
+            groups, shots = 1, sup.shape[0]
+        elif sup.dim() == inp.dim() + 1:  # (B, K, C, H, W): one per query
+            groups, shots = sup.shape[0], sup.shape[1]
+            if groups != batch:
+                raise ValueError(
+                    f"support has {groups} per-query supports but inputs has "
+                    f"{batch} queries"
+                )
+        else:
+            raise ValueError(
+                f"support must have shape (K, *inputs.shape[1:]) or "
+                f"(B, K, *inputs.shape[1:]); got {tuple(sup.shape)} for inputs "
+                f"of shape {tuple(inp.shape)}"
+            )
+        if shots == 0:
+            raise ValueError("support is empty: K must be at least 1")
+        item_shape = sup.shape[sup.dim() - inp.dim() + 1 :]
+        if item_shape[0] != inp.shape[1]:
+            raise ValueError(
+                f"support has {item_shape[0]} channels, inputs has {inp.shape[1]}"
+            )
+        if sup.device != inp.device:
+            raise ValueError(
+                f"support is on {sup.device} but inputs is on {inp.device}"
+            )
+        check_finite(sup, "support")
+        layouts.add((groups, shots))
+        flat.append(sup.reshape(groups * shots, *item_shape))
+    if len(layouts) != 1:
+        raise ValueError("all support tensors must share the same (B, K) layout")
+    groups, shots = layouts.pop()
+    return tuple(flat), groups, shots
+
+
+def format_inputs(inputs: TensorOrTuple) -> Tuple[Tensor, ...]:
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise TypeError("inputs must be a Tensor or a tuple of Tensors")
+    formatted = _format_tensor_into_tuples(inputs)
+    for inp in formatted:
+        if not isinstance(inp, Tensor):
+            raise TypeError("inputs must be a Tensor or a tuple of Tensors")
+        if not inp.is_floating_point():
+            raise TypeError(f"inputs must be a floating point tensor, got {inp.dtype}")
+        if inp.dim() < 2 or inp.shape[0] == 0:
+            raise ValueError(
+                f"inputs must be a non-empty batch (B, ...), got {tuple(inp.shape)}"
+            )
+        check_finite(inp, "inputs")
+    return formatted
+
+
+# --------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------
+class PairAttribution(LayerAttribution):
+    r"""Base class of the pair-attribution family (not used directly).
+
+    Subclasses implement :meth:`_weights`, which turns a batch of pairs
+    (:class:`PairFeatures`) into query channel weights (B, N) and support channel
+    weights broadcastable to (B, K, N). Everything else (activation capture,
+    pooling, K-shot supports, batching, the weighted sum, ReLU, checks) is here.
+    """
+
+    #: metrics a method is defined for
+    supported_metrics: Tuple[str, ...] = METRICS
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: Module,
+        metric: str = "euclidean",
+        pooling: PoolingType = "avg",
+        reshape_transform: Optional[ReshapeTransform] = None,
+        device_ids: Optional[List[int]] = None,
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError("forward_func must be callable (a model or a function)")
+        if not isinstance(layer, Module):
+            raise TypeError(f"layer must be a torch.nn.Module, got {type(layer)}")
+        root = _root_module(forward_func)
+        if root is not None and not any(m is layer for m in root.modules()):
+            raise ValueError("layer is not a submodule of forward_func")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError("reshape_transform must be callable or None")
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        self.metric = check_metric(metric)
+        if self.metric not in self.supported_metrics:
+            raise ValueError(
+                f"{type(self).__name__} is defined for metric in "
+                f"{self.supported_metrics} only, got {metric!r}"
+            )
+        self.pooling = check_pooling(pooling)
+        self.reshape_transform = reshape_transform
+
+    # -- what a method implements ------------------------------------------
+    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
+        """Query weights (B, N) and support weights broadcastable to (B, K, N)."""
+        raise NotImplementedError
+
+    def _maps(
+        self, pair: PairFeatures, query_weights: Tensor, support_weights: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """Query maps (B, h, w) and support maps (B, K, h', w'): sum_n w_n A^n."""
+        return (
+            weighted_sum(query_weights, pair.query),
+            weighted_sum_support(support_weights, pair.support, pair.batch_size),
+        )
+
+    # -- plumbing -----------------------------------------------------------
+    def layer_activations(
+        self,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        name: str = "inputs",
+    ) -> Tensor:
+        """(B, N, h, w) activations of the layer (after ``reshape_transform``)."""
+        acts = capture_activations(
+            self.forward_func,
+            self.layer,
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input,
+            self.device_ids,
+            name,
+        )
+        return self._check_activations(acts, inputs[0].shape[0])
+
+    def _check_activations(self, acts: Tuple[Tensor, ...], batch: int) -> Tensor:
+        if len(acts) != 1:
+            raise ValueError(
+                f"the layer gives {len(acts)} tensors; pair attributions need a "
+                "layer with a single tensor output (or input)"
+            )
+        act = acts[0]
+        if self.reshape_transform is not None:
+            act = self.reshape_transform(act)
+            if not isinstance(act, Tensor):
+                raise TypeError("reshape_transform must return a Tensor")
+        if act.dim() != 4 or act.shape[0] != batch:
+            raise ValueError(
+                f"layer activations must be (B={batch}, N, h, w), got "
+                f"{tuple(act.shape)}; pass reshape_transform to turn them into "
+                "that layout (e.g. tokens of a vision transformer)"
+            )
+        if not act.is_floating_point():
+            raise TypeError(
+                f"layer activations must be floating point, got {act.dtype}"
+            )
+        check_finite(act, "the layer activations")
+        return act
+
+    def _features(
+        self,
+        inputs: TensorOrTuple,
+        support: TensorOrTuple,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+    ) -> PairFeatures:
+        formatted = format_inputs(inputs)
+        support_flat, groups, shots = _format_support(formatted, support)
+        args = _format_additional_forward_args(additional_forward_args)
+        query = self.layer_activations(formatted, args, attribute_to_layer_input)
+        supp = self.layer_activations(
+            support_flat, args, attribute_to_layer_input, name="support"
+        )
+        if supp.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"support gives {supp.shape[1]} channels at the layer, inputs "
+                f"give {query.shape[1]}"
+            )
+        dtype = compute_dtype(query, supp)
+        output_dtype = dtype
+        query = query.to(dtype)
+        supp = supp.to(dtype).reshape(groups, shots, *supp.shape[1:])
+        query_vectors = pool(query, self.pooling)
+        shot_vectors = pool(supp.flatten(0, 1), self.pooling).reshape(groups, shots, -1)
+        return PairFeatures(
+            query=query,
+            support=supp,
+            query_vectors=query_vectors,
+            shot_vectors=shot_vectors,
+            support_vectors=shot_vectors.mean(dim=1),  # Eq. 1
+            inputs=formatted,
+            support_inputs=support_flat,
+            additional_forward_args=args,
+            attribute_to_layer_input=attribute_to_layer_input,
+            output_dtype=output_dtype,
+        )
+
+    def _run(
+        self,
+        inputs: TensorOrTuple,
+        support: TensorOrTuple,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        relu_attributions: bool,
+        return_support_attributions: bool,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        pair = self._features(
+            inputs, support, additional_forward_args, attribute_to_layer_input
+        )
+        query_weights, support_weights = self._weights(pair)
+        with torch.no_grad():
+            query_maps, support_maps = self._maps(pair, query_weights, support_weights)
+            query_maps = _finish(query_maps, relu_attributions, pair.output_dtype)
+            if not return_support_attributions:
+                return query_maps.unsqueeze(1)
+            support_maps = _finish(support_maps, relu_attributions, pair.output_dtype)
+        return query_maps.unsqueeze(1), support_maps.unsqueeze(2)
+
+    def channel_weights(
+        self,
+        inputs: TensorOrTuple,
+        support: TensorOrTuple,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+    ) -> Tuple[Tensor, Tensor]:
+        r"""The channel weights the method gives each pair.
+
+        Args:
+            inputs, support, additional_forward_args, attribute_to_layer_input:
+                        as in :meth:`attribute`.
+
+        Returns:
+            *tuple[Tensor, Tensor]* of **(query_weights, support_weights)**:
+            query weights of shape (B, N), which multiply the query's
+            activations, and support weights of shape (B, K, N), which multiply
+            each support image's activations.
+        """
+        pair = self._features(
+            inputs, support, additional_forward_args, attribute_to_layer_input
+        )
+        query_weights, support_weights = self._weights(pair)
+        batch, shots, channels = pair.batch_size, pair.shots, pair.query.shape[1]
+        return (
+            query_weights.detach().to(pair.output_dtype),
+            support_weights.detach()
+            .to(pair.output_dtype)
+            .expand(batch, shots, channels)
+            .clone(),
+        )
+
+
+def _finish(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
+    if relu:
+        maps = F.relu(maps)
+    maps = maps.to(dtype)
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError(
+            "the attribution overflowed (activations too large for "
+            f"{dtype}); rescale the model's activations"
+        )
+    return maps
+
+
+def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    """(B, N) weights and (B, N, h, w) activations -> (B, h, w) maps (Eq. 3)."""
+    return torch.einsum("bn,bnhw->bhw", weights.to(activations.dtype), activations)
+
+
+def weighted_sum_support(weights: Tensor, activations: Tensor, batch: int) -> Tensor:
+    """Support maps (B, K, h, w) from weights (B or 1, K or 1, N) and (Bs, K, N, h, w).
+
+    A shared support (Bs = 1) is contracted without copying it B times.
+    """
+    groups, shots = activations.shape[:2]
+    weights = weights.to(activations.dtype)
+    weights = weights.expand(weights.shape[0], shots, weights.shape[-1])
+    if weights.shape[0] == 1 and groups == 1:
+        maps = torch.einsum("kn,knhw->khw", weights[0], activations[0])
+        return maps.unsqueeze(0).expand(batch, *maps.shape)
+    if groups == 1:
+        return torch.einsum("bkn,knhw->bkhw", weights, activations[0])
+    return torch.einsum("bkn,bknhw->bkhw", weights.expand(batch, -1, -1), activations)

@@ -1,0 +1,351 @@
+r"""SFAM: Similar Feature Activation Map (Liao et al., arXiv 2506.01636)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from captum.log import log_usage
+from torch import Tensor
+from torch.nn import Module
+
+from ._engine import (
+    PairAttribution,
+    PairFeatures,
+    PoolingType,
+    ReshapeTransform,
+    TensorOrTuple,
+    check_finite,
+    check_metric,
+    compute_dtype,
+)
+
+#: unit vectors closer than this (max abs difference) count as parallel, D = 0
+PARALLEL_TOL = 1e-12
+
+
+def _as_vectors(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a channel dimension, got a scalar")
+    check_finite(x, name)
+    return x
+
+
+def _unit(v: Tensor, name: str) -> Tensor:
+    """L2-normalise along the last dim (float64, overflow-safe); zero -> error."""
+    scale = v.abs().amax(dim=-1, keepdim=True)
+    if bool((scale == 0).any()):
+        raise ValueError(
+            f"{name} contains a zero vector: cosine similarity (Eq. 5) is "
+            "undefined for it"
+        )
+    v = v / scale
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+
+
+def channel_importance(
+    query_vectors: Tensor,
+    support_vectors: Tensor,
+    metric: str = "euclidean",
+) -> Tensor:
+    r"""Channel-wise contribution importance scores (CIS), Eq. 2 / Eq. 5.
+
+    With :math:`d_n = (v^Q_n - v^S_n)^2` and :math:`D = \sum_n d_n`,
+
+    .. math::
+        \omega_n = \frac{D - d_n}{(N - 1) D}                     \qquad (2)
+
+    The cosine variant (Eq. 5) uses the L2-normalised vectors
+    :math:`\hat V^Q, \hat V^S` instead. Channels on which the two vectors agree
+    get the largest scores; the scores sum to 1 and lie in
+    :math:`[0, 1/(N-1)]`.
+
+    For the cosine variant the paper's Eq. 7 drops a factor 2: with unit
+    vectors and :math:`c = \cos(V^Q, V^S)`,
+
+    .. math::
+        \hat\omega_n = \frac{\sum_{m\neq n}(\hat v^Q_m)^2 + \sum_{m\neq n}
+        (\hat v^S_m)^2 - 2c + 2\,\hat v^Q_n \hat v^S_n}{(N-1)(2 - 2c)},
+
+    so, for a fixed cosine and a fixed channel energy
+    :math:`(\hat v^Q_n)^2 + (\hat v^S_n)^2`, :math:`\hat\omega_n` is strictly
+    increasing in the channel's contribution :math:`\hat v^Q_n\hat v^S_n` to
+    the cosine (the paper's claim, in its corrected form; tested).
+
+    Degenerate cases (not defined by the paper):
+
+    - N = 1: ``ValueError`` (Eq. 2 divides by N - 1).
+    - D = 0 (identical vectors, or identical directions for cosine, up to
+      ``PARALLEL_TOL = 1e-12`` on the unit vectors): every channel is equally
+      similar, :math:`\omega_n = 1/N`.
+    - a zero vector with ``metric="cosine"``: ``ValueError``.
+    - NaN or inf entries: ``ValueError``.
+
+    Computed in float64 after rescaling, so no intermediate overflows.
+
+    Args:
+        query_vectors (Tensor): pooled query vectors :math:`V^Q`, shape (N,)
+                    or (B, N).
+        support_vectors (Tensor): pooled support vectors :math:`V^S`, of a
+                    shape broadcastable with ``query_vectors``.
+        metric (str, optional): "euclidean" (Eq. 2) or "cosine" (Eq. 5).
+                    Default: "euclidean"
+
+    Returns:
+        *Tensor* of **scores** :math:`\omega`, of the broadcast shape, summing
+        to 1 over the last dimension; float32 (float64 if an input is float64).
+    """
+    metric = check_metric(metric)
+    q = _as_vectors(query_vectors, "query_vectors")
+    s = _as_vectors(support_vectors, "support_vectors")
+    try:
+        q, s = torch.broadcast_tensors(q, s)
+    except RuntimeError as error:
+        raise ValueError(
+            f"query_vectors {tuple(q.shape)} and support_vectors "
+            f"{tuple(s.shape)} do not broadcast"
+        ) from error
+    channels = q.shape[-1]
+    if channels < 2:
+        raise ValueError(
+            f"channel_importance needs at least 2 channels, got N = {channels}: "
+            "Eq. 2 divides by N - 1"
+        )
+    out_dtype = compute_dtype(q, s)
+    q, s = q.double(), s.double()
+    if metric == "cosine":
+        q, s = _unit(q, "query_vectors"), _unit(s, "support_vectors")
+    r = (q - s).abs()
+    if metric == "cosine":
+        # Normalising parallel vectors leaves rounding noise (~1e-16) that Eq. 5
+        # would amplify into arbitrary scores: treat it as D = 0.
+        r = torch.where(r.amax(dim=-1, keepdim=True) <= PARALLEL_TOL, 0.0, r)
+    # Rescale by the largest difference: omega is invariant to it, and squares
+    # can no longer overflow.
+    largest = r.amax(dim=-1, keepdim=True)
+    d = (r / torch.where(largest > 0, largest, torch.ones_like(largest))) ** 2
+    total = d.sum(dim=-1, keepdim=True)
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    omega = (total - d) / ((channels - 1) * safe_total)  # Eq. 2
+    omega = torch.where(total > 0, omega, torch.full_like(omega, 1.0 / channels))
+    return omega.clamp(0.0, 1.0 / (channels - 1)).to(out_dtype)
+
+
+def minmax_normalize(weights: Tensor) -> Tensor:
+    r"""Min-max normalisation over the last dimension, Eq. 4.
+
+    .. math::
+        \mathrm{Norm}(\omega_n) = \frac{\omega_n - \min_m \omega_m}
+        {\max_m \omega_m - \min_m \omega_m}                     \qquad (4)
+
+    The result lies in [0, 1], with minimum exactly 0 and maximum exactly 1
+    whenever the input is not constant. A constant input (the paper leaves it
+    undefined) gives all ones: every channel is equally important, so the map
+    becomes the plain sum of the activations.
+
+    Args:
+        weights (Tensor): scores of shape (..., N), finite.
+
+    Returns:
+        *Tensor* of the same shape, float32 (float64 for float64 input).
+    """
+    w = _as_vectors(weights, "weights")
+    out_dtype = compute_dtype(w)
+    w = w.double()
+    scale = w.abs().amax(dim=-1, keepdim=True)
+    w = w / torch.where(scale > 0, scale, torch.ones_like(scale))
+    low = w.amin(dim=-1, keepdim=True)
+    span = w.amax(dim=-1, keepdim=True) - low
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    out = torch.where(span > 0, (w - low) / safe_span, torch.ones_like(w))
+    return out.to(out_dtype)
+
+
+def weight_spread(
+    normalized_weights: Tensor, thresholds: Sequence[float] = (0.5, 0.9)
+) -> Dict[float, Tensor]:
+    r"""How many channels get a large normalised weight.
+
+    On wide networks (hundreds or thousands of channels) a few very dissimilar
+    channels set the scale of Eq. 4, and most channels end up with Norm(ω)
+    close to 1: the SFAM map then approaches the plain sum of the activations
+    and moves little when the support changes. This diagnostic makes that
+    visible.
+
+    Args:
+        normalized_weights (Tensor): Norm(ω), shape (..., N), e.g. the query
+                    weights from :meth:`LayerSFAM.channel_weights`.
+        thresholds (sequence of float, optional): thresholds t.
+                    Default: (0.5, 0.9)
+
+    Returns:
+        *dict[float, Tensor]*: for each threshold t, the fraction of channels
+        with Norm(ω) > t, of shape (...).
+    """
+    w = _as_vectors(normalized_weights, "normalized_weights")
+    return {float(t): (w > t).to(torch.float32).mean(dim=-1) for t in thresholds}
+
+
+def sfam_weights(query_vectors: Tensor, support_vectors: Tensor, metric: str) -> Tensor:
+    """Norm(ω): SFAM's channel weights, Eq. 2/5 then Eq. 4."""
+    return minmax_normalize(channel_importance(query_vectors, support_vectors, metric))
+
+
+class LayerSFAM(PairAttribution):
+    r"""
+    Similar Feature Activation Map (SFAM) for metric-learning models.
+
+    SFAM explains why a metric-learning model finds a query similar to a
+    support (one image, or the K shots of a class). It needs the activations
+    of one layer only, no gradient and no classifier. With ``A`` the
+    activations of the chosen layer (N channels) and ``p`` a pooling,
+    :math:`V^Q = p(A_Q)` and :math:`V^S = \frac1K\sum_k p(A_{S_k})` (Eq. 1):
+
+    1. channel-wise contribution importance scores (Eq. 2, cosine: Eq. 5),
+       :math:`\omega_n = (D - d_n)/((N-1)D)` with
+       :math:`d_n = (v^Q_n - v^S_n)^2`, :math:`D=\sum_n d_n`: channels on
+       which query and support agree matter most;
+    2. min-max normalisation Norm (Eq. 4);
+    3. the map :math:`L = \sum_n \mathrm{Norm}(\omega)_n A^n` (Eq. 3 / Eq. 6)
+       at the layer's resolution, for the query and, with the same weights,
+       for each support image.
+
+    Upsample with ``LayerAttribution.interpolate(attr, size, "bilinear")`` as
+    the paper does. Weights are computed in float64 and maps in float32
+    (float64 for float64 activations), whatever the activations' dtype.
+
+    Caveats. SFAM weights depend only on :math:`|v^Q_n - v^S_n|`; on wide
+    networks most channels get Norm(ω) close to 1 (see :func:`weight_spread`),
+    so the map approaches the plain activation sum. The Euclidean variant is a
+    surrogate of the decision of models that do not compare pooled vectors
+    (e.g. FRN reconstructs feature maps). Explanations run in the model's
+    current mode (call ``model.eval()`` yourself); buffers such as BatchNorm
+    statistics are restored after the forward pass.
+
+    More details: Liao et al., "Visual explanation via similar feature
+    activation for metric learning", https://arxiv.org/abs/2506.01636
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        layer: Module,
+        metric: str = "euclidean",
+        pooling: PoolingType = "avg",
+        device_ids: Union[None, List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
+    ) -> None:
+        r"""
+        Args:
+
+            forward_func (Callable): The forward function of the model or any
+                        modification of it. Only the part up to ``layer`` runs.
+            layer (torch.nn.Module): Layer whose activations are explained,
+                        usually the last convolutional block. Its output (or
+                        input, see ``attribute_to_layer_input``) must be
+                        (B, N, h, w), or become so through
+                        ``reshape_transform``.
+            metric (str, optional): "euclidean" (Eq. 2) or "cosine" (Eq. 5),
+                        the metric the model decides with.
+                        Default: "euclidean"
+            pooling (str or Callable, optional): "avg" (global average pooling,
+                        the paper's default), "max", or a callable mapping
+                        (B, N, h, w) to (B, N).
+                        Default: "avg"
+            device_ids (list[int], optional): Device ID list, necessary only if
+                        forward_func applies a DataParallel model, as in
+                        Captum's layer methods.
+                        Default: None
+            reshape_transform (Callable, optional): maps the layer's raw
+                        activations to (B, N, h, w), e.g. the tokens
+                        (B, T, N) of a vision transformer to a grid.
+                        Default: None
+        """
+        super().__init__(
+            forward_func,
+            layer,
+            metric=metric,
+            pooling=pooling,
+            reshape_transform=reshape_transform,
+            device_ids=device_ids,
+        )
+
+    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
+        weights = sfam_weights(pair.query_vectors, pair.support_vectors, self.metric)
+        return weights, weights.unsqueeze(1)  # the same weights for each shot
+
+    @log_usage(part_of_slo=True)
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        support: TensorOrTuple,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        return_support_attributions: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""
+        Args:
+
+            inputs (Tensor or tuple[Tensor, ...]): The queries, (B, C, H, W)
+                        for an image model. A tuple for models taking several
+                        tensors.
+            support (Tensor or tuple[Tensor, ...]): Either (K, C, H, W): one
+                        K-shot support shared by every query (its activations
+                        are computed once), or (B, K, C, H, W): one support per
+                        query. K = 1 is a plain pair. The support vector is the
+                        mean of the K pooled shots (Eq. 1). A tuple, matching
+                        ``inputs``, for models taking several tensors.
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs, for the queries and
+                        for the support alike (so they must not depend on the
+                        batch size).
+                        Default: None
+            attribute_to_layer_input (bool, optional): Explain the layer's
+                        input instead of its output, as in Captum.
+                        Default: False
+            relu_attributions (bool, optional): Apply ReLU to the maps. SFAM's
+                        weights are non-negative, so the maps are non-negative
+                        already whenever the activations are (post-ReLU
+                        layers).
+                        Default: False
+            return_support_attributions (bool, optional): Also return the maps
+                        of the support images, computed with the same weights
+                        on their own activations (Fig. 2 of the paper).
+                        Default: False
+
+        Returns:
+            *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
+            - **attributions** (*Tensor*): query maps of shape (B, 1, h, w) at
+                        the layer's resolution.
+            - with ``return_support_attributions=True``, a tuple of the query
+                        maps and the support maps, of shape (B, K, 1, h', w').
+
+        Raises:
+            ValueError: N = 1 channel; NaN or inf in the inputs, the support
+                        or the activations; a zero pooled vector with
+                        ``metric="cosine"``; shapes that do not fit.
+            TypeError: non-floating inputs or support.
+
+        Examples::
+
+            >>> net = torchvision.models.resnet50().eval()
+            >>> sfam = LayerSFAM(net, net.layer4, metric="cosine")
+            >>> # 8 queries against a shared 5-shot support
+            >>> attr = sfam.attribute(queries, support=support)  # (8, 1, 7, 7)
+            >>> up = LayerAttribution.interpolate(attr, (224, 224), "bilinear")
+            >>> q_maps, s_maps = sfam.attribute(
+            ...     queries, support, return_support_attributions=True)
+        """
+        return self._run(
+            inputs,
+            support,
+            additional_forward_args,
+            attribute_to_layer_input,
+            relu_attributions,
+            return_support_attributions,
+        )

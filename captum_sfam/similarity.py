@@ -1,0 +1,165 @@
+r"""SimilarityTarget: make any Captum method explain a metric-learning model."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Module
+
+from ._engine import check_finite, check_metric
+
+#: Embeddings whose norm is below this have cosine similarity 0 (as in
+#: ``torch.nn.functional.cosine_similarity``), e.g. an all-black IG baseline.
+COSINE_EPS = 1e-8
+
+
+def _flat(embeddings: Tensor) -> Tensor:
+    return embeddings.reshape(embeddings.shape[0], -1)
+
+
+def similarity_matrix(embeddings: Tensor, references: Tensor, metric: str) -> Tensor:
+    r"""Similarities (B, R) between embeddings (B, D) and references (R, D).
+
+    ``metric="cosine"``: cosine similarity; ``metric="euclidean"``: negative
+    squared Euclidean distance :math:`-\lVert e - r\rVert^2` (the logits of
+    prototypical networks). Differentiable everywhere.
+    """
+    if metric == "cosine":
+        e = F.normalize(embeddings, dim=-1, eps=COSINE_EPS)
+        r = F.normalize(references, dim=-1, eps=COSINE_EPS)
+        return e @ r.transpose(0, 1)
+    diff = embeddings.unsqueeze(1) - references.unsqueeze(0)
+    return -(diff * diff).sum(dim=-1)
+
+
+def paired_similarity(embeddings: Tensor, references: Tensor, metric: str) -> Tensor:
+    """Row-wise similarities (B,) between embeddings (B, D) and references (B, D)."""
+    if metric == "cosine":
+        return F.cosine_similarity(embeddings, references, dim=-1, eps=COSINE_EPS)
+    diff = embeddings - references
+    return -(diff * diff).sum(dim=-1)
+
+
+class SimilarityTarget(Module):
+    r"""
+    Turns an embedding model and R reference embeddings into a model whose
+    outputs are similarities, so that every Captum method (``LayerGradCam``,
+    ``IntegratedGradients``, ``Occlusion``, ...) explains a metric-learning
+    decision with ``target=r``: the reference index plays the role of the
+    class index of a classifier.
+
+    ``forward(x)`` returns a (B, R) tensor: the cosine similarity between the
+    embedding of each input and each reference (``metric="cosine"``), or the
+    negative squared Euclidean distance (``metric="euclidean"``, what
+    prototypical networks and FRN use as logits). Embeddings with more than two
+    dimensions are flattened. An input embedding of norm below ``1e-8`` has
+    cosine similarity 0 to everything (as ``F.cosine_similarity``).
+
+    The references are a registered buffer: they move with ``.to(device)`` and
+    are never expanded by methods that repeat the inputs (IG, NoiseTunnel).
+    The embedding model is a submodule, used as is: its mode
+    (``train``/``eval``) is yours to set.
+
+    Examples::
+
+        >>> target = SimilarityTarget.from_support(embed, support_images)
+        >>> gc = LayerGradCam(target, embed.layer4)
+        >>> attr = gc.attribute(query, target=2)  # why is query like class 2?
+        >>> ig = IntegratedGradients(target)
+        >>> attr = ig.attribute(query, target=2)
+    """
+
+    references: Tensor
+
+    def __init__(
+        self, embedding_model: Module, references: Tensor, metric: str = "cosine"
+    ) -> None:
+        r"""
+        Args:
+
+            embedding_model (torch.nn.Module or Callable): maps inputs to
+                        embeddings (B, D) (or (B, ...), flattened).
+            references (Tensor): reference embeddings (R, D), or (D,) for one
+                        reference. Detached and stored as a buffer.
+            metric (str, optional): "cosine" or "euclidean".
+                        Default: "cosine"
+        """
+        super().__init__()
+        if not callable(embedding_model):
+            raise TypeError("embedding_model must be callable")
+        if not isinstance(references, Tensor):
+            raise TypeError("references must be a Tensor")
+        if not references.is_floating_point():
+            raise TypeError(
+                f"references must be floating point, got {references.dtype}"
+            )
+        if references.dim() == 1:
+            references = references.unsqueeze(0)
+        if references.dim() < 2 or references.shape[0] == 0:
+            raise ValueError(
+                f"references must be (R, D) with R >= 1, got {tuple(references.shape)}"
+            )
+        references = _flat(references.detach())
+        check_finite(references, "references")
+        self.metric = check_metric(metric)
+        if self.metric == "cosine" and bool(
+            (torch.linalg.vector_norm(references, dim=-1) < COSINE_EPS).any()
+        ):
+            raise ValueError("references contains a zero vector: cosine is undefined")
+        self.embedding_model = embedding_model
+        self.register_buffer("references", references.clone())
+
+    @classmethod
+    def from_support(
+        cls,
+        embedding_model: Module,
+        support: Tensor,
+        metric: str = "cosine",
+        additional_forward_args: Optional[Any] = None,
+    ) -> SimilarityTarget:
+        r"""Builds prototypes from support images, one per reference.
+
+        Args:
+
+            embedding_model (torch.nn.Module): as in the constructor.
+            support (Tensor): (R, K, C, H, W) images, K shots for each of R
+                        classes; a (R, C, H, W) tensor means K = 1.
+            metric (str, optional): "cosine" or "euclidean".
+                        Default: "cosine"
+            additional_forward_args (Any, optional): extra arguments for the
+                        embedding model.
+                        Default: None
+
+        Returns:
+            A :class:`SimilarityTarget` whose references are the prototypes:
+            the means of the K embeddings of each class (computed under
+            ``torch.no_grad()`` in one batched forward).
+        """
+        if not isinstance(support, Tensor) or not support.is_floating_point():
+            raise TypeError("support must be a floating point Tensor")
+        if support.dim() == 4:
+            support = support.unsqueeze(1)
+        if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
+            raise ValueError(
+                f"support must be (R, K, C, H, W) with R, K >= 1, got "
+                f"{tuple(support.shape)}"
+            )
+        check_finite(support, "support")
+        classes, shots = support.shape[:2]
+        args = additional_forward_args
+        if args is None:
+            args = ()
+        elif not isinstance(args, tuple):
+            args = (args,)
+        with torch.no_grad():
+            emb = embedding_model(support.flatten(0, 1), *args)
+        emb = _flat(emb).reshape(classes, shots, -1).mean(dim=1)
+        return cls(embedding_model, emb, metric=metric)
+
+    def forward(self, inputs: Tensor, *args: Any) -> Tensor:
+        emb = _flat(self.embedding_model(inputs, *args))
+        refs = self.references.to(emb.dtype)
+        return similarity_matrix(emb, refs, self.metric)
