@@ -1,0 +1,121 @@
+"""SimilarityTarget: Captum's methods on a metric-learning model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from models import PooledEmbedding, TinyCNN, images
+
+from captum_sfam import SimilarityTarget
+
+
+def embedder():
+    return PooledEmbedding(TinyCNN(channels=6)).eval()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_forward_gives_similarities_to_each_reference(metric):
+    emb = embedder()
+    refs = torch.randn(4, 6)
+    target = SimilarityTarget(emb, refs, metric=metric)
+    x = images(3, 3, 16, 16)
+    out = target(x)
+    assert out.shape == (3, 4)
+    with torch.no_grad():
+        e = emb(x)
+    for b in range(3):
+        for r in range(4):
+            if metric == "cosine":
+                expected = torch.dot(e[b], refs[r]) / (e[b].norm() * refs[r].norm())
+            else:
+                expected = -((e[b] - refs[r]) ** 2).sum()
+            torch.testing.assert_close(out[b, r], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_references_are_a_buffer_and_detached():
+    refs = torch.randn(2, 6, requires_grad=True)
+    target = SimilarityTarget(embedder(), refs)
+    assert "references" in dict(target.named_buffers())
+    assert not target.references.requires_grad
+    target.double()
+    assert target.references.dtype == torch.float64
+
+
+@settings(max_examples=10)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 1000))
+def test_from_support_averages_the_k_embeddings(classes, shots, seed):
+    emb = embedder()
+    support = images(classes, shots, 3, 12, 12, seed=seed)
+    target = SimilarityTarget.from_support(emb, support, metric="euclidean")
+    with torch.no_grad():
+        expected = torch.stack([emb(support[c]).mean(0) for c in range(classes)])
+    torch.testing.assert_close(target.references, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_target_picks_the_reference_in_captum_methods():
+    emb = embedder()
+    support = images(3, 2, 3, 16, 16, seed=1)
+    target = SimilarityTarget.from_support(emb, support, metric="cosine")
+    x = images(2, 3, 16, 16, seed=2)
+    layer = emb.model.features
+    for r in range(3):
+        single = SimilarityTarget(emb, target.references[r : r + 1], metric="cosine")
+        gc = LayerGradCam(target, layer).attribute(x, target=r)
+        gc_single = LayerGradCam(single, layer).attribute(x, target=0)
+        torch.testing.assert_close(gc, gc_single)
+        ig = IntegratedGradients(target).attribute(x, target=r, n_steps=8)
+        ig_single = IntegratedGradients(single).attribute(x, target=0, n_steps=8)
+        torch.testing.assert_close(ig, ig_single)
+        assert ig.shape == x.shape and torch.isfinite(ig).all()
+        occ = Occlusion(target).attribute(
+            x, target=r, sliding_window_shapes=(3, 4, 4), strides=4
+        )
+        occ_single = Occlusion(single).attribute(
+            x, target=0, sliding_window_shapes=(3, 4, 4), strides=4
+        )
+        torch.testing.assert_close(occ, occ_single)
+    # different references give different explanations
+    a0 = LayerGradCam(target, layer).attribute(x, target=0)
+    a1 = LayerGradCam(target, layer).attribute(x, target=1)
+    assert not torch.allclose(a0, a1)
+
+
+def test_integrated_gradients_completeness_on_similarity():
+    """IG's attributions sum to s(x) - s(baseline) for the chosen reference."""
+    emb = embedder()
+    target = SimilarityTarget(emb, torch.randn(2, 6), metric="euclidean")
+    x = images(1, 3, 16, 16, seed=4)
+    baseline = images(1, 3, 16, 16, seed=5) * 0.1
+    attr, delta = IntegratedGradients(target).attribute(
+        x, baselines=baseline, target=1, n_steps=200, return_convergence_delta=True
+    )
+    with torch.no_grad():
+        gap = target(x)[0, 1] - target(baseline)[0, 1]
+    assert abs(float(attr.sum() - gap)) <= 0.02 * abs(float(gap)) + 1e-3
+    assert abs(float(delta)) <= 0.02 * abs(float(gap)) + 1e-3
+
+
+def test_zero_embedding_has_zero_cosine_not_nan():
+    emb = embedder()
+    target = SimilarityTarget(emb, torch.randn(2, 6))
+    # a black image through a ReLU model with negative biases can embed to 0
+    with torch.no_grad():
+        out = target(torch.zeros(1, 3, 16, 16))
+    assert torch.isfinite(out).all()
+
+
+def test_bad_arguments():
+    emb = embedder()
+    with pytest.raises(ValueError, match="zero vector"):
+        SimilarityTarget(emb, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="references"):
+        SimilarityTarget(emb, torch.tensor([[float("nan")] * 6]))
+    with pytest.raises(TypeError, match="references"):
+        SimilarityTarget(emb, torch.ones(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="metric"):
+        SimilarityTarget(emb, torch.ones(2, 6), metric="dot")
+    with pytest.raises(ValueError, match="support"):
+        SimilarityTarget.from_support(emb, torch.randn(3, 3, 8))
