@@ -5,6 +5,10 @@ and an adapter that lets every Captum method explain similarity models.
 """
 
 from ._engine import PairAttribution, PairFeatures
+from .cg_ram import LayerCGRAM
+from .decomposition import LayerDecomposition
+from .grad_fam import LayerGradFAM
+from .ram import LayerRAM
 from .sfam import (
     LayerSFAM,
     channel_importance,
@@ -12,15 +16,22 @@ from .sfam import (
     weight_spread,
 )
 from .similarity import SimilarityTarget
+from .similarity_grad_cam import LayerSimilarityGradCam, similarity_gradients
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LayerCGRAM",
+    "LayerDecomposition",
+    "LayerGradFAM",
+    "LayerRAM",
     "LayerSFAM",
+    "LayerSimilarityGradCam",
     "PairAttribution",
     "PairFeatures",
     "SimilarityTarget",
     "channel_importance",
     "minmax_normalize",
+    "similarity_gradients",
     "weight_spread",
 ]

@@ -27,8 +27,12 @@ from captum._utils.common import (
     _format_additional_forward_args,
     _format_tensor_into_tuples,
 )
-from captum._utils.gradient import _forward_layer_eval
+from captum._utils.gradient import (
+    _forward_layer_eval,
+    compute_layer_gradients_and_eval,
+)
 from captum.attr._utils.attribution import LayerAttribution
+from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
@@ -322,9 +326,38 @@ class PairAttribution(LayerAttribution):
         layer: Module,
         metric: str = "euclidean",
         pooling: PoolingType = "avg",
-        reshape_transform: Optional[ReshapeTransform] = None,
         device_ids: Optional[List[int]] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
     ) -> None:
+        r"""
+        Args:
+
+            forward_func (Callable): The forward function of the model or any
+                        modification of it. Forward-only methods run it up to
+                        ``layer`` only; gradient methods (CG-RAM, Grad-FAM)
+                        need it to return the embedding (B, D).
+            layer (torch.nn.Module): Layer whose activations are explained,
+                        usually the last convolutional block. Its output (or
+                        input, see ``attribute_to_layer_input``) must be
+                        (B, N, h, w), or become so through
+                        ``reshape_transform``. A layer used twice in one
+                        forward is captured at its first call.
+            metric (str, optional): "euclidean" or "cosine", the metric the
+                        model decides with.
+                        Default: "euclidean"
+            pooling (str or Callable, optional): "avg" (global average pooling,
+                        the paper's default), "max", or a callable mapping
+                        (B, N, h, w) to (B, N).
+                        Default: "avg"
+            device_ids (list[int], optional): Device ID list, necessary only if
+                        forward_func applies a DataParallel model, as in
+                        Captum's layer methods.
+                        Default: None
+            reshape_transform (Callable, optional): maps the layer's raw
+                        activations to (B, N, h, w), e.g. the tokens
+                        (B, T, N) of a vision transformer to a grid.
+                        Default: None
+        """
         if not callable(forward_func):
             raise TypeError("forward_func must be callable (a model or a function)")
         if not isinstance(layer, Module):
@@ -343,6 +376,10 @@ class PairAttribution(LayerAttribution):
             )
         self.pooling = check_pooling(pooling)
         self.reshape_transform = reshape_transform
+        self._validate()
+
+    def _validate(self) -> None:
+        """Subclasses reject configurations they are not defined for."""
 
     # -- what a method implements ------------------------------------------
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
@@ -440,15 +477,71 @@ class PairAttribution(LayerAttribution):
             output_dtype=output_dtype,
         )
 
-    def _run(
+    @log_usage(part_of_slo=True)
+    def attribute(
         self,
         inputs: TensorOrTuple,
         support: TensorOrTuple,
-        additional_forward_args: Any,
-        attribute_to_layer_input: bool,
-        relu_attributions: bool,
-        return_support_attributions: bool,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        return_support_attributions: bool = False,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""
+        Args:
+
+            inputs (Tensor or tuple[Tensor, ...]): The queries, (B, C, H, W)
+                        for an image model. A tuple for models taking several
+                        tensors.
+            support (Tensor or tuple[Tensor, ...]): Either (K, C, H, W): one
+                        K-shot support shared by every query (its activations
+                        are computed once), or (B, K, C, H, W): one support per
+                        query. K = 1 is a plain pair. The support vector is the
+                        mean of the K pooled shots (Eq. 1 of the SFAM paper).
+                        A tuple, matching ``inputs``, for models taking several
+                        tensors.
+            additional_forward_args (Any, optional): Extra arguments passed to
+                        ``forward_func`` after the inputs, for the queries and
+                        for the support alike (so they must not depend on the
+                        batch size).
+                        Default: None
+            attribute_to_layer_input (bool, optional): Explain the layer's
+                        input instead of its output, as in Captum.
+                        Default: False
+            relu_attributions (bool, optional): Apply ReLU to the maps, as the
+                        original CAM-style methods do before display.
+                        Default: False
+            return_support_attributions (bool, optional): Also return the maps
+                        of the support images (Fig. 2 of the SFAM paper).
+                        Default: False
+
+        Returns:
+            *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
+            - **attributions** (*Tensor*): query maps of shape (B, 1, h, w) at
+                        the layer's resolution; upsample them with
+                        ``LayerAttribution.interpolate(attr, size, "bilinear")``.
+            - with ``return_support_attributions=True``, a tuple of the query
+                        maps and the support maps, of shape (B, K, 1, h', w').
+
+            Maps are float32 (float64 when the activations are float64),
+            detached, and finite.
+
+        Raises:
+            ValueError: NaN or inf in the inputs, the support or the
+                        activations; shapes that do not fit; a degenerate pair
+                        the method cannot explain (see the class docstring).
+            TypeError: non-floating inputs or support.
+
+        Examples::
+
+            >>> net = torchvision.models.resnet50().eval()
+            >>> sfam = LayerSFAM(net, net.layer4, metric="cosine")
+            >>> # 8 queries against a shared 5-shot support
+            >>> attr = sfam.attribute(queries, support=support)  # (8, 1, 7, 7)
+            >>> up = LayerAttribution.interpolate(attr, (224, 224), "bilinear")
+            >>> q_maps, s_maps = sfam.attribute(
+            ...     queries, support, return_support_attributions=True)
+        """
         pair = self._features(
             inputs, support, additional_forward_args, attribute_to_layer_input
         )
@@ -460,6 +553,41 @@ class PairAttribution(LayerAttribution):
                 return query_maps.unsqueeze(1)
             support_maps = _finish(support_maps, relu_attributions, pair.output_dtype)
         return query_maps.unsqueeze(1), support_maps.unsqueeze(2)
+
+    def layer_gradients(
+        self,
+        inputs: Tuple[Tensor, ...],
+        objective: Callable[[Tensor], Tensor],
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+    ) -> Tensor:
+        """Gradient of ``objective(forward_func(inputs)).sum()`` w.r.t. the layer.
+
+        For the methods that need real gradients (CG-RAM, Grad-FAM) only; uses
+        Captum's layer-gradient helper (so ``device_ids`` works as in Captum).
+        ``objective`` maps the model output (B, ...) to one scalar per row.
+        The result has the layout of the activations (``reshape_transform``
+        applied), in float32 or wider.
+        """
+        forward_func = self.forward_func
+
+        def scalar_forward(*args: Any) -> Tensor:
+            return objective(forward_func(*args))
+
+        with preserved_buffers(_root_module(forward_func), self.layer):
+            grads, _ = compute_layer_gradients_and_eval(
+                scalar_forward,
+                self.layer,
+                inputs,
+                None,
+                additional_forward_args,
+                device_ids=self.device_ids,
+                attribute_to_layer_input=attribute_to_layer_input,
+            )
+        grad = self._check_activations(
+            tuple(g.detach() for g in grads), inputs[0].shape[0]
+        )
+        return grad.to(compute_dtype(grad))
 
     def channel_weights(
         self,
@@ -504,6 +632,11 @@ def _finish(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
             f"{dtype}); rescale the model's activations"
         )
     return maps
+
+
+def spatial_mean(gradients: Tensor) -> Tensor:
+    """Grad-CAM's channel weights: the spatial mean of (..., N, h, w) gradients."""
+    return gradients.mean(dim=(-2, -1))
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:

@@ -2,19 +2,14 @@ r"""SFAM: Similar Feature Activation Map (Liao et al., arXiv 2506.01636)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple
 
 import torch
-from captum.log import log_usage
 from torch import Tensor
-from torch.nn import Module
 
 from ._engine import (
     PairAttribution,
     PairFeatures,
-    PoolingType,
-    ReshapeTransform,
-    TensorOrTuple,
     check_finite,
     check_metric,
     compute_dtype,
@@ -218,6 +213,11 @@ class LayerSFAM(PairAttribution):
     the paper does. Weights are computed in float64 and maps in float32
     (float64 for float64 activations), whatever the activations' dtype.
 
+    SFAM's weights are never negative, so its maps are non-negative wherever
+    the activations are (post-ReLU layers). Degenerate pairs: see
+    :func:`channel_importance` (N = 1 and a zero vector with cosine raise
+    ``ValueError``; identical vectors give the plain activation sum).
+
     Caveats. SFAM weights depend only on :math:`|v^Q_n - v^S_n|`; on wide
     networks most channels get Norm(ω) close to 1 (see :func:`weight_spread`),
     so the map approaches the plain activation sum. The Euclidean variant is a
@@ -230,122 +230,6 @@ class LayerSFAM(PairAttribution):
     activation for metric learning", https://arxiv.org/abs/2506.01636
     """
 
-    def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        layer: Module,
-        metric: str = "euclidean",
-        pooling: PoolingType = "avg",
-        device_ids: Union[None, List[int]] = None,
-        reshape_transform: Optional[ReshapeTransform] = None,
-    ) -> None:
-        r"""
-        Args:
-
-            forward_func (Callable): The forward function of the model or any
-                        modification of it. Only the part up to ``layer`` runs.
-            layer (torch.nn.Module): Layer whose activations are explained,
-                        usually the last convolutional block. Its output (or
-                        input, see ``attribute_to_layer_input``) must be
-                        (B, N, h, w), or become so through
-                        ``reshape_transform``.
-            metric (str, optional): "euclidean" (Eq. 2) or "cosine" (Eq. 5),
-                        the metric the model decides with.
-                        Default: "euclidean"
-            pooling (str or Callable, optional): "avg" (global average pooling,
-                        the paper's default), "max", or a callable mapping
-                        (B, N, h, w) to (B, N).
-                        Default: "avg"
-            device_ids (list[int], optional): Device ID list, necessary only if
-                        forward_func applies a DataParallel model, as in
-                        Captum's layer methods.
-                        Default: None
-            reshape_transform (Callable, optional): maps the layer's raw
-                        activations to (B, N, h, w), e.g. the tokens
-                        (B, T, N) of a vision transformer to a grid.
-                        Default: None
-        """
-        super().__init__(
-            forward_func,
-            layer,
-            metric=metric,
-            pooling=pooling,
-            reshape_transform=reshape_transform,
-            device_ids=device_ids,
-        )
-
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
         weights = sfam_weights(pair.query_vectors, pair.support_vectors, self.metric)
         return weights, weights.unsqueeze(1)  # the same weights for each shot
-
-    @log_usage(part_of_slo=True)
-    def attribute(
-        self,
-        inputs: TensorOrTuple,
-        support: TensorOrTuple,
-        additional_forward_args: Optional[object] = None,
-        attribute_to_layer_input: bool = False,
-        relu_attributions: bool = False,
-        return_support_attributions: bool = False,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""
-        Args:
-
-            inputs (Tensor or tuple[Tensor, ...]): The queries, (B, C, H, W)
-                        for an image model. A tuple for models taking several
-                        tensors.
-            support (Tensor or tuple[Tensor, ...]): Either (K, C, H, W): one
-                        K-shot support shared by every query (its activations
-                        are computed once), or (B, K, C, H, W): one support per
-                        query. K = 1 is a plain pair. The support vector is the
-                        mean of the K pooled shots (Eq. 1). A tuple, matching
-                        ``inputs``, for models taking several tensors.
-            additional_forward_args (Any, optional): Extra arguments passed to
-                        ``forward_func`` after the inputs, for the queries and
-                        for the support alike (so they must not depend on the
-                        batch size).
-                        Default: None
-            attribute_to_layer_input (bool, optional): Explain the layer's
-                        input instead of its output, as in Captum.
-                        Default: False
-            relu_attributions (bool, optional): Apply ReLU to the maps. SFAM's
-                        weights are non-negative, so the maps are non-negative
-                        already whenever the activations are (post-ReLU
-                        layers).
-                        Default: False
-            return_support_attributions (bool, optional): Also return the maps
-                        of the support images, computed with the same weights
-                        on their own activations (Fig. 2 of the paper).
-                        Default: False
-
-        Returns:
-            *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
-            - **attributions** (*Tensor*): query maps of shape (B, 1, h, w) at
-                        the layer's resolution.
-            - with ``return_support_attributions=True``, a tuple of the query
-                        maps and the support maps, of shape (B, K, 1, h', w').
-
-        Raises:
-            ValueError: N = 1 channel; NaN or inf in the inputs, the support
-                        or the activations; a zero pooled vector with
-                        ``metric="cosine"``; shapes that do not fit.
-            TypeError: non-floating inputs or support.
-
-        Examples::
-
-            >>> net = torchvision.models.resnet50().eval()
-            >>> sfam = LayerSFAM(net, net.layer4, metric="cosine")
-            >>> # 8 queries against a shared 5-shot support
-            >>> attr = sfam.attribute(queries, support=support)  # (8, 1, 7, 7)
-            >>> up = LayerAttribution.interpolate(attr, (224, 224), "bilinear")
-            >>> q_maps, s_maps = sfam.attribute(
-            ...     queries, support, return_support_attributions=True)
-        """
-        return self._run(
-            inputs,
-            support,
-            additional_forward_args,
-            attribute_to_layer_input,
-            relu_attributions,
-            return_support_attributions,
-        )

@@ -16,7 +16,8 @@ from ._engine import check_finite, check_metric
 COSINE_EPS = 1e-8
 
 
-def _flat(embeddings: Tensor) -> Tensor:
+def flatten_embeddings(embeddings: Tensor) -> Tensor:
+    """(B, ...) model outputs -> (B, D) embeddings."""
     return embeddings.reshape(embeddings.shape[0], -1)
 
 
@@ -102,7 +103,7 @@ class SimilarityTarget(Module):
             raise ValueError(
                 f"references must be (R, D) with R >= 1, got {tuple(references.shape)}"
             )
-        references = _flat(references.detach())
+        references = flatten_embeddings(references.detach())
         check_finite(references, "references")
         self.metric = check_metric(metric)
         if self.metric == "cosine" and bool(
@@ -156,10 +157,10 @@ class SimilarityTarget(Module):
             args = (args,)
         with torch.no_grad():
             emb = embedding_model(support.flatten(0, 1), *args)
-        emb = _flat(emb).reshape(classes, shots, -1).mean(dim=1)
+        emb = flatten_embeddings(emb).reshape(classes, shots, -1).mean(dim=1)
         return cls(embedding_model, emb, metric=metric)
 
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
-        emb = _flat(self.embedding_model(inputs, *args))
+        emb = flatten_embeddings(self.embedding_model(inputs, *args))
         refs = self.references.to(emb.dtype)
         return similarity_matrix(emb, refs, self.metric)

@@ -1,0 +1,85 @@
+r"""Grad-CAM of a pair's similarity, with the gradient in closed form."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._engine import PairAttribution, PairFeatures
+
+
+def similarity_gradients(
+    query_vectors: Tensor, support_vectors: Tensor, metric: str
+) -> Tuple[Tensor, Tensor]:
+    r"""Gradients of the similarity s(V^Q, V^S) w.r.t. V^Q and V^S.
+
+    - cosine, :math:`s = \cos(V^Q, V^S)`:
+      :math:`\partial s/\partial V^Q = (\hat V^S - s\,\hat V^Q)/\lVert V^Q\rVert`
+      (and symmetrically for :math:`V^S`);
+    - Euclidean, :math:`s = -\lVert V^Q - V^S\rVert^2`:
+      :math:`\partial s/\partial V^Q = -2(V^Q - V^S)`.
+
+    A zero vector with ``metric="cosine"`` raises ``ValueError``.
+    """
+    if metric == "euclidean":
+        diff = query_vectors - support_vectors
+        return -2.0 * diff, 2.0 * diff
+    q_norm = torch.linalg.vector_norm(query_vectors, dim=-1, keepdim=True)
+    s_norm = torch.linalg.vector_norm(support_vectors, dim=-1, keepdim=True)
+    if bool((q_norm == 0).any()) or bool((s_norm == 0).any()):
+        raise ValueError(
+            "a pooled query or support vector is zero: its cosine similarity "
+            "and gradient are undefined"
+        )
+    q_unit, s_unit = query_vectors / q_norm, support_vectors / s_norm
+    cos = (q_unit * s_unit).sum(dim=-1, keepdim=True)
+    return (s_unit - cos * q_unit) / q_norm, (q_unit - cos * s_unit) / s_norm
+
+
+class LayerSimilarityGradCam(PairAttribution):
+    r"""
+    Grad-CAM of the similarity between the pooled layer vectors, computed
+    forward-only.
+
+    Grad-CAM weights each channel by the spatial mean of the gradient of a
+    score w.r.t. the activations (Selvaraju et al., ICCV 2017,
+    https://arxiv.org/abs/1610.02391). Here the score is the similarity of the
+    pair at the explained layer, :math:`s = \mathrm{sim}(p(A_Q), V^S)`, whose
+    gradient is known in closed form (``../shared/NOTES.md``). With
+    :math:`g = \partial s/\partial V^Q` (see :func:`similarity_gradients`), for
+    average pooling :math:`\partial s/\partial A^n_{ij} = g_n / (hw)`, and for
+    max pooling the gradient is :math:`g_n` at the arg-max and 0 elsewhere: in
+    both cases the Grad-CAM weight is
+
+    .. math::
+        \alpha^Q_n = \frac{g_n}{h w}, \qquad
+        L_Q = \sum_n \alpha^Q_n A_Q^n .
+
+    Support shot k gets :math:`\alpha^{S_k}_n = (\partial s/\partial V^S)_n /
+    (K h' w')` on its own activations (the support vector is the mean of K
+    shots). The result equals Captum's ``LayerGradCam`` run through a
+    :class:`~captum_sfam.SimilarityTarget` whose embedding is the pooled layer
+    (tested), without a backward pass or an autograd graph.
+
+    Supports ``pooling="avg"`` and ``"max"`` (ties at the maximum aside); a
+    pooling callable has no closed form and raises ``ValueError``. A zero pooled
+    vector with ``metric="cosine"`` raises ``ValueError``. Weights are signed:
+    pass ``relu_attributions=True`` for the original Grad-CAM display.
+    """
+
+    def _validate(self) -> None:
+        if callable(self.pooling):
+            raise ValueError(
+                "LayerSimilarityGradCam needs pooling='avg' or 'max': a pooling "
+                "callable has no closed-form gradient"
+            )
+
+    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
+        grad_q, grad_s = similarity_gradients(
+            pair.query_vectors, pair.support_vectors, self.metric
+        )
+        hw_q = pair.query.shape[-2] * pair.query.shape[-1]
+        hw_s = pair.support.shape[-2] * pair.support.shape[-1]
+        return grad_q / hw_q, (grad_s / (pair.shots * hw_s)).unsqueeze(1)
