@@ -554,6 +554,14 @@ class PairAttribution(LayerAttribution):
             support_maps = _finish(support_maps, relu_attributions, pair.output_dtype)
         return query_maps.unsqueeze(1), support_maps.unsqueeze(2)
 
+    def model_outputs(
+        self, inputs: Tuple[Tensor, ...], additional_forward_args: Any
+    ) -> Tensor:
+        """The full model's outputs for ``inputs`` (no graph, buffers restored)."""
+        with preserved_buffers(_root_module(self.forward_func), self.layer):
+            with torch.no_grad():
+                return self.forward_func(*inputs, *(additional_forward_args or ()))
+
     def layer_gradients(
         self,
         inputs: Tuple[Tensor, ...],

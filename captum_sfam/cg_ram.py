@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import torch
 from torch import Tensor
 
 from ._engine import PairAttribution, PairFeatures, spatial_mean
@@ -44,9 +43,8 @@ class LayerCGRAM(PairAttribution):
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
         args, to_input = pair.additional_forward_args, pair.attribute_to_layer_input
         batch, shots = pair.batch_size, pair.shots
-        with torch.no_grad():
-            query_emb = _flat(self.forward_func(*pair.inputs, *(args or ())))
-            shot_emb = _flat(self.forward_func(*pair.support_inputs, *(args or ())))
+        query_emb = _flat(self.model_outputs(pair.inputs, args))
+        shot_emb = _flat(self.model_outputs(pair.support_inputs, args))
         support_emb = shot_emb.reshape(-1, shots, shot_emb.shape[-1]).mean(dim=1)
         support_emb = support_emb.expand(batch, -1)
         metric = self.metric
