@@ -234,9 +234,15 @@ class PairFeatures:
 
 
 def _format_support(
-    inputs: Tuple[Tensor, ...], support: TensorOrTuple
+    inputs: Tuple[Tensor, ...], support: TensorOrTuple, name: str = "support"
 ) -> Tuple[Tuple[Tensor, ...], int, int]:
-    """Flatten ``support`` to (Bs*K, ...) tensors; returns (flat, Bs, K)."""
+    """Flatten ``support`` to (G*K, ...) tensors; returns (flat, G, K).
+
+    ``name="support"``: (K, ...) is one support shared by every query (G = 1)
+    and (B, K, ...) one per query (G = B). ``name="gallery"``: (M, ...) is M
+    one-shot items and (M, K, ...) M items of K shots (G = M).
+    """
+    gallery = name == "gallery"
     if isinstance(support, Tensor):
         support = (support,)
     if not isinstance(support, tuple) or not all(
@@ -252,38 +258,37 @@ def _format_support(
     flat, layouts = [], set()
     for inp, sup in zip(inputs, support):
         if not sup.is_floating_point():
-            raise TypeError(f"support must be a floating point tensor, got {sup.dtype}")
-        if sup.dim() == inp.dim():  # (K, C, H, W): shared by every query
-            groups, shots = 1, sup.shape[0]
-        elif sup.dim() == inp.dim() + 1:  # (B, K, C, H, W): one per query
+            raise TypeError(f"{name} must be a floating point tensor, got {sup.dtype}")
+        if sup.dim() == inp.dim():  # (K, C, H, W) support, (M, C, H, W) gallery
+            groups, shots = (sup.shape[0], 1) if gallery else (1, sup.shape[0])
+        elif sup.dim() == inp.dim() + 1:  # (B, K, C, H, W) or (M, K, C, H, W)
             groups, shots = sup.shape[0], sup.shape[1]
-            if groups != batch:
+            if groups != batch and not gallery:
                 raise ValueError(
                     f"support has {groups} per-query supports but inputs has "
                     f"{batch} queries"
                 )
         else:
+            lead = "(M" if gallery else "(B"
             raise ValueError(
-                f"support must have shape (K, *inputs.shape[1:]) or "
-                f"(B, K, *inputs.shape[1:]); got {tuple(sup.shape)} for inputs "
-                f"of shape {tuple(inp.shape)}"
+                f"{name} must have shape (K, *inputs.shape[1:]) or "
+                f"{lead}, K, *inputs.shape[1:]); got {tuple(sup.shape)} for "
+                f"inputs of shape {tuple(inp.shape)}"
             )
-        if shots == 0:
-            raise ValueError("support is empty: K must be at least 1")
+        if shots == 0 or groups == 0:
+            raise ValueError(f"{name} is empty: it needs at least one image")
         item_shape = sup.shape[sup.dim() - inp.dim() + 1 :]
         if item_shape[0] != inp.shape[1]:
             raise ValueError(
-                f"support has {item_shape[0]} channels, inputs has {inp.shape[1]}"
+                f"{name} has {item_shape[0]} channels, inputs has {inp.shape[1]}"
             )
         if sup.device != inp.device:
-            raise ValueError(
-                f"support is on {sup.device} but inputs is on {inp.device}"
-            )
-        check_finite(sup, "support")
+            raise ValueError(f"{name} is on {sup.device} but inputs is on {inp.device}")
+        check_finite(sup, name)
         layouts.add((groups, shots))
         flat.append(sup.reshape(groups * shots, *item_shape))
     if len(layouts) != 1:
-        raise ValueError("all support tensors must share the same (B, K) layout")
+        raise ValueError(f"all {name} tensors must share the same layout")
     groups, shots = layouts.pop()
     return tuple(flat), groups, shots
 
@@ -385,6 +390,24 @@ class PairAttribution(LayerAttribution):
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
         """Query weights (B, N) and support weights broadcastable to (B, K, N)."""
         raise NotImplementedError
+
+    def _pairwise_weights(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_vectors: Tensor,
+        shot_vectors: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        """All-pairs weights, for :meth:`attribute_pairs`.
+
+        query (Q, N, h, w) and gallery (M, K, N, h', w') activations, pooled
+        query_vectors (Q, N) and shot_vectors (M, K, N) -> query weights
+        broadcastable to (Q, M, N) and gallery weights to (Q, M, K, N).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no all-pairs form: call attribute() "
+            "with one support per query instead"
+        )
 
     def _maps(
         self, pair: PairFeatures, query_weights: Tensor, support_weights: Tensor
@@ -553,6 +576,100 @@ class PairAttribution(LayerAttribution):
                 return query_maps.unsqueeze(1)
             support_maps = _finish(support_maps, relu_attributions, pair.output_dtype)
         return query_maps.unsqueeze(1), support_maps.unsqueeze(2)
+
+    def attribute_pairs(
+        self,
+        inputs: TensorOrTuple,
+        gallery: TensorOrTuple,
+        additional_forward_args: Optional[object] = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        return_gallery_attributions: bool = False,
+        chunk_size: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""Maps for every (query, gallery item) pair, from Q + M·K forwards.
+
+        Retrieval (Q queries against a gallery of M images) and N-way K-shot
+        few-shot episodes (M = N classes of K shots) explained in one call:
+        each image runs through the network once, then all Q x M weight
+        vectors and maps come from batched tensor contractions, in chunks of
+        queries so that memory stays bounded. ``result[i, j]`` equals
+        ``attribute(inputs[i:i+1], gallery[j])`` (tested).
+
+        Args:
+
+            inputs (Tensor or tuple[Tensor, ...]): Q queries (Q, C, H, W).
+            gallery (Tensor or tuple[Tensor, ...]): (M, C, H, W): M one-shot
+                        items (retrieval), or (M, K, C, H, W): M items of K
+                        shots each (few-shot classes; the support vector of an
+                        item is the mean of its K pooled shots).
+            additional_forward_args, attribute_to_layer_input,
+            relu_attributions: as in :meth:`attribute`.
+            return_gallery_attributions (bool, optional): Also return the maps
+                        of the gallery images for every query.
+                        Default: False
+            chunk_size (int, optional): queries processed at once; by default
+                        chosen so that a chunk holds about 2**21 weights.
+                        Default: None
+
+        Returns:
+            *Tensor* or *tuple[Tensor, Tensor]*: query maps (Q, M, 1, h, w);
+            with ``return_gallery_attributions=True`` also the gallery maps,
+            (Q, M, 1, h', w') for a (M, C, H, W) gallery and
+            (Q, M, K, 1, h', w') for a (M, K, C, H, W) gallery.
+        """
+        formatted = format_inputs(inputs)
+        gallery_flat, items, shots = _format_support(formatted, gallery, "gallery")
+        per_item_shots = (
+            isinstance(gallery, Tensor) and gallery.dim() > formatted[0].dim()
+        )
+        if isinstance(gallery, tuple):
+            per_item_shots = gallery[0].dim() > formatted[0].dim()
+        if chunk_size is not None and (
+            not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        args = _format_additional_forward_args(additional_forward_args)
+        query = self.layer_activations(formatted, args, attribute_to_layer_input)
+        gal = self.layer_activations(
+            gallery_flat, args, attribute_to_layer_input, name="gallery"
+        )
+        if gal.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"gallery gives {gal.shape[1]} channels at the layer, inputs "
+                f"give {query.shape[1]}"
+            )
+        dtype = compute_dtype(query, gal)
+        query, gal = (
+            query.to(dtype),
+            gal.to(dtype).reshape(items, shots, *gal.shape[1:]),
+        )
+        query_vectors = pool(query, self.pooling)
+        shot_vectors = pool(gal.flatten(0, 1), self.pooling).reshape(items, shots, -1)
+        channels = query.shape[1]
+        step = chunk_size or max(1, (1 << 21) // (items * shots * channels))
+        q_out, g_out = [], []
+        with torch.no_grad():
+            for start in range(0, query.shape[0], step):
+                q = query[start : start + step]
+                qw, gw = self._pairwise_weights(
+                    q, gal, query_vectors[start : start + step], shot_vectors
+                )
+                qw = qw.to(dtype).expand(q.shape[0], items, channels)
+                q_out.append(torch.einsum("qmn,qnhw->qmhw", qw, q))
+                if return_gallery_attributions:
+                    gw = gw.to(dtype).expand(q.shape[0], items, shots, channels)
+                    g_out.append(torch.einsum("qmkn,mknhw->qmkhw", gw, gal))
+            query_maps = _finish(torch.cat(q_out), relu_attributions, dtype).unsqueeze(
+                2
+            )
+            if not return_gallery_attributions:
+                return query_maps
+            gallery_maps = _finish(torch.cat(g_out), relu_attributions, dtype)
+        gallery_maps = gallery_maps.unsqueeze(3)
+        if not per_item_shots:
+            gallery_maps = gallery_maps.squeeze(2)
+        return query_maps, gallery_maps
 
     def model_outputs(
         self, inputs: Tuple[Tensor, ...], additional_forward_args: Any

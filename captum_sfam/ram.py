@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -15,13 +16,18 @@ WEIGHTINGS = ("self", "other", "product")
 def ram_weights(
     query_vectors: Tensor, support_vectors: Tensor, shot_vectors: Tensor, weighting: str
 ) -> Tuple[Tensor, Tensor]:
-    """RAM's channel weights: query (B, N) and support (B or Bs, K, N)."""
+    """RAM's channel weights, broadcasting over leading dims.
+
+    query_vectors (..., N), support_vectors (..., N) and shot_vectors
+    (..., K, N) -> query weights (..., N) and support weights (..., K or 1, N).
+    """
     if weighting == "self":  # each image weighted by its own pooled vector
         return query_vectors, shot_vectors
     if weighting == "other":  # each image weighted by the other side's vector
-        return support_vectors.expand_as(query_vectors), query_vectors.unsqueeze(1)
+        _, support_weights = torch.broadcast_tensors(query_vectors, support_vectors)
+        return support_weights, query_vectors.unsqueeze(-2)
     product = query_vectors * support_vectors  # channel contributions to V^Q.V^S
-    return product, product.unsqueeze(1)
+    return product, product.unsqueeze(-2)
 
 
 class LayerRAM(PairAttribution):
@@ -85,4 +91,19 @@ class LayerRAM(PairAttribution):
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
         return ram_weights(
             pair.query_vectors, pair.support_vectors, pair.shot_vectors, self.weighting
+        )
+
+    def _pairwise_weights(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_vectors: Tensor,
+        shot_vectors: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        # queries on dim 0, gallery items on dim 1, shots on dim 2
+        return ram_weights(
+            query_vectors.unsqueeze(1),
+            shot_vectors.mean(dim=1).unsqueeze(0),
+            shot_vectors.unsqueeze(0),
+            self.weighting,
         )

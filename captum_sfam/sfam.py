@@ -233,3 +233,16 @@ class LayerSFAM(PairAttribution):
     def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
         weights = sfam_weights(pair.query_vectors, pair.support_vectors, self.metric)
         return weights, weights.unsqueeze(1)  # the same weights for each shot
+
+    def _pairwise_weights(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_vectors: Tensor,
+        shot_vectors: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        support_vectors = shot_vectors.mean(dim=1)  # Eq. 1, per gallery item
+        weights = sfam_weights(
+            query_vectors.unsqueeze(1), support_vectors.unsqueeze(0), self.metric
+        )
+        return weights, weights.unsqueeze(2)

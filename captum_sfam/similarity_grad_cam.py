@@ -83,3 +83,20 @@ class LayerSimilarityGradCam(PairAttribution):
         hw_q = pair.query.shape[-2] * pair.query.shape[-1]
         hw_s = pair.support.shape[-2] * pair.support.shape[-1]
         return grad_q / hw_q, (grad_s / (pair.shots * hw_s)).unsqueeze(1)
+
+    def _pairwise_weights(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_vectors: Tensor,
+        shot_vectors: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        grad_q, grad_s = similarity_gradients(
+            query_vectors.unsqueeze(1),
+            shot_vectors.mean(dim=1).unsqueeze(0),
+            self.metric,
+        )
+        hw_q = query.shape[-2] * query.shape[-1]
+        hw_s = gallery.shape[-2] * gallery.shape[-1]
+        shots = gallery.shape[1]
+        return grad_q / hw_q, (grad_s / (shots * hw_s)).unsqueeze(2)
