@@ -86,7 +86,8 @@ def test_target_picks_the_reference_in_captum_methods():
 def test_integrated_gradients_completeness_on_similarity():
     """IG's attributions sum to s(x) - s(baseline) for the chosen reference."""
     emb = embedder()
-    target = SimilarityTarget(emb, torch.randn(2, 6), metric="euclidean")
+    refs = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    target = SimilarityTarget(emb, refs, metric="euclidean")
     x = images(1, 3, 16, 16, seed=4)
     baseline = images(1, 3, 16, 16, seed=5) * 0.1
     attr, delta = IntegratedGradients(target).attribute(
@@ -94,8 +95,10 @@ def test_integrated_gradients_completeness_on_similarity():
     )
     with torch.no_grad():
         gap = target(x)[0, 1] - target(baseline)[0, 1]
-    assert abs(float(attr.sum() - gap)) <= 0.02 * abs(float(gap)) + 1e-3
-    assert abs(float(delta)) <= 0.02 * abs(float(gap)) + 1e-3
+    # ReLU kinks make the Riemann sum approximate: 1 % of the gap
+    assert abs(float(gap)) > 1.0
+    assert abs(float(attr.sum() - gap)) <= 0.01 * abs(float(gap))
+    assert abs(float(delta)) <= 0.01 * abs(float(gap))
 
 
 def test_zero_embedding_has_zero_cosine_not_nan():
