@@ -17,6 +17,7 @@ from .sfam import (
 )
 from .similarity import SimilarityTarget
 from .similarity_grad_cam import LayerSimilarityGradCam, similarity_gradients
+from .transforms import tokens_to_grid
 
 __version__ = "0.1.0"
 
@@ -33,5 +34,6 @@ __all__ = [
     "channel_importance",
     "minmax_normalize",
     "similarity_gradients",
+    "tokens_to_grid",
     "weight_spread",
 ]

@@ -72,6 +72,10 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def check_finite(tensor: Tensor, name: str) -> None:
+    # A NaN or inf anywhere makes the sum non-finite, and a sum allocates no
+    # tensor of the input's size; only then (or on overflow) check elementwise.
+    if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+        return
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or inf values")
 
@@ -107,6 +111,17 @@ def _root_module(forward_func: Callable[..., Any]) -> Optional[Module]:
         return forward_func
     owner = getattr(forward_func, "__self__", None)
     return owner if isinstance(owner, Module) else None
+
+
+def eager_forward(forward_func: Callable[..., Any]) -> Callable[..., Any]:
+    """The eager module behind a ``torch.compile``d one (same parameters).
+
+    Explanations hook a submodule and, for forward-only methods, stop the
+    network with an exception: both belong to eager execution, so a compiled
+    model is explained through the module it wraps.
+    """
+    original = getattr(forward_func, "_orig_mod", None)
+    return original if isinstance(original, Module) else forward_func
 
 
 @contextlib.contextmanager
@@ -150,6 +165,7 @@ def capture_activations(
     whole network and gathers the replicas' activations as Captum's layer
     methods do. Hooks are removed and buffers restored even on errors.
     """
+    forward_func = eager_forward(forward_func)
     root = _root_module(forward_func)
     with preserved_buffers(root, layer):
         if device_ids is not None or isinstance(root, torch.nn.DataParallel):
@@ -283,7 +299,9 @@ def _format_support(
                 f"{name} has {item_shape[0]} channels, inputs has {inp.shape[1]}"
             )
         if sup.device != inp.device:
-            raise ValueError(f"{name} is on {sup.device} but inputs is on {inp.device}")
+            raise ValueError(
+                f"{name} is on device {sup.device} but inputs is on device {inp.device}"
+            )
         check_finite(sup, name)
         layouts.add((groups, shots))
         flat.append(sup.reshape(groups * shots, *item_shape))
@@ -367,6 +385,12 @@ class PairAttribution(LayerAttribution):
             raise TypeError("forward_func must be callable (a model or a function)")
         if not isinstance(layer, Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {type(layer)}")
+        if isinstance(layer, torch.jit.ScriptModule):
+            raise TypeError(
+                "layer is a TorchScript module: forward hooks are not supported on "
+                "ScriptModules (nor by Captum's layer methods); explain the eager "
+                "model you scripted, which has the same weights"
+            )
         root = _root_module(forward_func)
         if root is not None and not any(m is layer for m in root.modules()):
             raise ValueError("layer is not a submodule of forward_func")
@@ -675,9 +699,10 @@ class PairAttribution(LayerAttribution):
         self, inputs: Tuple[Tensor, ...], additional_forward_args: Any
     ) -> Tensor:
         """The full model's outputs for ``inputs`` (no graph, buffers restored)."""
-        with preserved_buffers(_root_module(self.forward_func), self.layer):
+        forward_func = eager_forward(self.forward_func)
+        with preserved_buffers(_root_module(forward_func), self.layer):
             with torch.no_grad():
-                return self.forward_func(*inputs, *(additional_forward_args or ()))
+                return forward_func(*inputs, *(additional_forward_args or ()))
 
     def layer_gradients(
         self,
@@ -694,7 +719,7 @@ class PairAttribution(LayerAttribution):
         The result has the layout of the activations (``reshape_transform``
         applied), in float32 or wider.
         """
-        forward_func = self.forward_func
+        forward_func = eager_forward(self.forward_func)
 
         def scalar_forward(*args: Any) -> Tensor:
             return objective(forward_func(*args))

@@ -1,0 +1,310 @@
+"""Speed and memory of the pair attributions, as ratios measured in one run.
+
+Two sections, each case timed in a fresh worker process (so peak memory is the
+case's own; CPU: peak RSS growth, CUDA: peak allocated memory):
+
+1. forward-only cost: LayerSFAM.attribute against a torch.no_grad() forward of
+   the same images through the network up to the explained layer (= 1.00);
+   for layer4 and layer3 of a torchvision ResNet (random weights: the cost does
+   not depend on them), several batch sizes.
+2. against peers, same inputs: LayerSFAM / LayerSimilarityGradCam
+   .attribute_pairs, Captum's LayerGradCam through SimilarityTarget and
+   pytorch-grad-cam's GradCAM with a cosine similarity target (its embeddings
+   tutorial's pattern), on 1 pair, 1 x M and Q x M query/gallery pairs. The
+   gradient methods get one batched forward+backward of the Q*M pairs.
+
+Usage:
+    python benchmarks/bench_perf.py                # CPU defaults, ~5-8 min on 2 cores
+    python benchmarks/bench_perf.py --device cuda --peer-model resnet50 --peer-size 224
+    python benchmarks/bench_perf.py --quick        # seconds: a smoke run
+
+Writes JSON (--out, default benchmarks/results/perf-<device>.json) and prints a
+table. pytorch-grad-cam is optional (pip install grad-cam): skipped if absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- worker --
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _build(model_name: str, device: str) -> torch.nn.Module:
+    import torchvision
+
+    model = getattr(torchvision.models, model_name)(weights=None).eval().to(device)
+    return model
+
+
+def _up_to(model: torch.nn.Module, layer_name: str) -> torch.nn.Module:
+    children = []
+    for name, child in model.named_children():
+        children.append(child)
+        if name == layer_name:
+            break
+    return torch.nn.Sequential(*children).eval()
+
+
+def _embedding(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    emb = copy.deepcopy(model)
+    emb.fc = torch.nn.Identity()
+    return emb.eval()
+
+
+def _case_fn(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
+    from captum.attr import LayerGradCam
+
+    from captum_sfam import LayerSFAM, LayerSimilarityGradCam, SimilarityTarget
+
+    torch.manual_seed(0)
+    model = _build(spec["model"], device)
+    size = spec["size"]
+    kind = spec["kind"]
+    if kind in ("forward", "sfam"):
+        layer_name = spec["layer"]
+        layer = getattr(model, layer_name)
+        q = torch.rand(spec["batch"], 3, size, size, device=device)
+        s = torch.rand(spec["shots"], 3, size, size, device=device)
+        if kind == "forward":
+            head = _up_to(model, layer_name)
+
+            def run() -> Any:
+                with torch.no_grad():
+                    return head(q), head(s)
+
+            return run
+        sfam = LayerSFAM(model, layer, metric="cosine")
+        return lambda: sfam.attribute(q, s)
+
+    queries, gallery = spec["queries"], spec["gallery"]
+    q = torch.rand(queries, 3, size, size, device=device)
+    g = torch.rand(gallery, 3, size, size, device=device)
+    emb = _embedding(model)
+    if kind == "sfam_pairs":
+        sfam = LayerSFAM(emb, emb.layer4, metric="cosine")
+        return lambda: sfam.attribute_pairs(q, g)
+    if kind == "simgradcam_pairs":
+        sgc = LayerSimilarityGradCam(emb, emb.layer4, metric="cosine")
+        return lambda: sgc.attribute_pairs(q, g)
+    # The gallery's embeddings are part of the job (ours forwards the gallery
+    # too), so the peers compute them inside the timed call.
+    pairs_q = q.repeat_interleave(gallery, dim=0)  # pair (i, j) -> row i*M + j
+    targets = list(range(gallery)) * queries
+    if kind == "captum_gradcam":
+
+        def captum_run() -> Any:
+            with torch.no_grad():
+                refs = emb(g)
+            target = SimilarityTarget(emb, refs, metric="cosine")
+            return LayerGradCam(target, emb.layer4).attribute(pairs_q, target=targets)
+
+        return captum_run
+    if kind == "pgc_gradcam":
+        from pytorch_grad_cam import GradCAM
+
+        class SimilarityToConceptTarget:  # pytorch-grad-cam embeddings tutorial
+            def __init__(self, features: torch.Tensor) -> None:
+                self.features = features
+
+            def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+                cos = torch.nn.CosineSimilarity(dim=0)
+                return cos(model_output, self.features)
+
+        cam = GradCAM(model=emb, target_layers=[emb.layer4])
+
+        def pgc_run() -> Any:
+            with torch.no_grad():
+                refs = emb(g)
+            cam_targets = [SimilarityToConceptTarget(refs[t]) for t in targets]
+            return cam(input_tensor=pairs_q, targets=cam_targets)
+
+        return pgc_run
+    raise ValueError(kind)
+
+
+def worker(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
+    torch.set_num_threads(torch.get_num_threads())
+    fn = _case_fn(spec, device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+    else:
+        base_mem = _rss_bytes()
+    fn()  # warm-up (also reaches the peak)
+    times: List[float] = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base_mem
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem
+    return {"median_s": statistics.median(times), "times_s": times, "peak_bytes": peak}
+
+
+# ------------------------------------------------------------------ main --
+def run_case(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        json.dumps(spec),
+        "--device",
+        device,
+        "--repeats",
+        str(repeats),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {
+            "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
+        }
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt(result: Dict[str, Any], base: Dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{'error: ' + result['error'][:60]:>44}"
+    ratio_t = result["median_s"] / base["median_s"]
+    mem = result["peak_bytes"] / 2**20
+    ratio_m = result["peak_bytes"] / max(base["peak_bytes"], 1)
+    return (
+        f"{result['median_s'] * 1000:10.1f} ms {ratio_t:7.2f}x "
+        f"{mem:9.1f} MiB {ratio_m:7.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--layers", nargs="+", default=["layer4", "layer3"])
+    parser.add_argument("--peer-model", default="resnet18")
+    parser.add_argument("--peer-size", type=int, default=160)
+    parser.add_argument("--gallery", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker), args.device, args.repeats)))
+        return
+    if args.quick:
+        args.model = args.peer_model = "resnet18"
+        args.size, args.peer_size, args.batches = 64, 64, [2]
+        args.layers, args.gallery, args.queries, args.repeats = ["layer4"], 4, 2, 1
+
+    report: Dict[str, Any] = {
+        "machine": {
+            "device": args.device,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0)
+            if args.device.startswith("cuda")
+            else None,
+        },
+        "args": {k: str(v) for k, v in vars(args).items() if k != "worker"},
+        "forward_cost": [],
+        "peers": [],
+    }
+    print(
+        f"== forward-only cost: {args.model} {args.size}px, {args.device}, "
+        f"median of {args.repeats} (no-grad forward up to the layer = 1.00x)"
+    )
+    print(f"{'case':34s} {'time':>13s} {'ratio':>8s} {'peak mem':>13s} {'ratio':>8s}")
+    for layer in args.layers:
+        for batch in args.batches:
+            common = {
+                "model": args.model,
+                "size": args.size,
+                "layer": layer,
+                "batch": batch,
+                "shots": 1,
+            }
+            base = run_case({**common, "kind": "forward"}, args.device, args.repeats)
+            sfam = run_case({**common, "kind": "sfam"}, args.device, args.repeats)
+            if "error" in base:
+                print(f"forward {layer} B={batch}: {base['error']}")
+                continue
+            print(
+                f"{'no-grad forward ' + layer + f' B={batch}+1':34s} {_fmt(base, base)}"
+            )
+            print(f"{'LayerSFAM.attribute':34s} {_fmt(sfam, base)}")
+            report["forward_cost"].append(
+                {"layer": layer, "batch": batch, "forward": base, "sfam": sfam}
+            )
+    if not args.skip_peers:
+        kinds = ["sfam_pairs", "simgradcam_pairs", "captum_gradcam", "pgc_gradcam"]
+        names = {
+            "sfam_pairs": "LayerSFAM.attribute_pairs",
+            "simgradcam_pairs": "LayerSimilarityGradCam.attr_pairs",
+            "captum_gradcam": "Captum LayerGradCam+SimTarget",
+            "pgc_gradcam": "pytorch-grad-cam GradCAM",
+        }
+        print(
+            f"\n== against peers: {args.peer_model} {args.peer_size}px, cosine, "
+            f"layer4 (LayerSFAM.attribute_pairs = 1.00x)"
+        )
+        for queries, gallery in (
+            (1, 1),
+            (1, args.gallery),
+            (args.queries, args.gallery),
+        ):
+            print(f"-- {queries} query x {gallery} gallery")
+            reps = args.repeats if queries * gallery <= 64 else 1
+            results = {}
+            for kind in kinds:
+                spec = {
+                    "model": args.peer_model,
+                    "size": args.peer_size,
+                    "queries": queries,
+                    "gallery": gallery,
+                    "kind": kind,
+                }
+                results[kind] = run_case(spec, args.device, reps)
+            base = results["sfam_pairs"]
+            for kind in kinds:
+                print(f"{names[kind]:34s} {_fmt(results[kind], base)}")
+            report["peers"].append({"queries": queries, "gallery": gallery, **results})
+    out = args.out or HERE / "results" / f"perf-{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+r"""Activation layouts: turn token sequences into the (B, N, h, w) grid."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+from torch import Tensor
+
+
+def tokens_to_grid(
+    num_prefix_tokens: int = 1, grid_size: Optional[Tuple[int, int]] = None
+) -> Callable[[Tensor], Tensor]:
+    r"""A ``reshape_transform`` for vision transformers and other token models.
+
+    Returns a function mapping token activations (B, T, N) to a grid
+    (B, N, h, w): the first ``num_prefix_tokens`` tokens (class token,
+    register / distillation tokens) are dropped and the remaining h*w patch
+    tokens, in row-major order, are laid out on the grid. Pass it as
+    ``reshape_transform=`` to any member of the family, e.g. for torchvision's
+    ``vit_b_16`` with the layer ``model.encoder.layers[-1]``:
+    ``tokens_to_grid(1)``; for a DINOv2-style model with 4 registers:
+    ``tokens_to_grid(5)``.
+
+    Args:
+        num_prefix_tokens (int, optional): tokens before the patch tokens.
+                    Default: 1
+        grid_size (tuple[int, int], optional): (h, w); by default the patch
+                    tokens must form a square.
+                    Default: None
+    """
+    if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(
+            f"num_prefix_tokens must be a non-negative int, got {num_prefix_tokens!r}"
+        )
+
+    def transform(tokens: Tensor) -> Tensor:
+        if tokens.dim() != 3:
+            raise ValueError(
+                f"tokens_to_grid expects (B, T, N) token activations, got "
+                f"{tuple(tokens.shape)}"
+            )
+        patches = tokens[:, num_prefix_tokens:, :]
+        count = patches.shape[1]
+        if grid_size is None:
+            side = math.isqrt(count)
+            if side * side != count or count == 0:
+                raise ValueError(
+                    f"{count} patch tokens do not form a square grid: pass "
+                    "grid_size=(h, w) or the right num_prefix_tokens"
+                )
+            h, w = side, side
+        else:
+            h, w = grid_size
+            if h * w != count:
+                raise ValueError(f"grid_size {grid_size} does not hold {count} tokens")
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    return transform
