@@ -169,19 +169,51 @@ def worker(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
     return {"median_s": statistics.median(times), "times_s": times, "peak_bytes": peak}
 
 
+def worker_interleaved(
+    specs: List[Dict[str, Any]], device: str, repeats: int
+) -> List[Dict[str, Any]]:
+    """Median times of several cases timed in turns (A, B, A, B, ...).
+
+    Taking turns in one process cancels most of the drift of a shared machine,
+    so the ratio of the medians is what one run can measure best.
+    """
+    fns = [_case_fn(spec, device) for spec in specs]
+    cuda = device.startswith("cuda")
+    for fn in fns:
+        fn()  # warm-up
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            bucket.append(time.perf_counter() - start)
+    return [{"median_s": statistics.median(t), "times_s": t} for t in times]
+
+
 # ------------------------------------------------------------------ main --
-def run_case(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
+# Large blocks are mmap'ed and given back at once, so the RSS high-water mark
+# follows the live memory instead of the allocator's caching.
+WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def run_case(spec: Any, device: str, repeats: int, interleaved: bool = False) -> Any:
     cmd = [
         sys.executable,
         __file__,
-        "--worker",
+        "--interleaved" if interleaved else "--worker",
         json.dumps(spec),
         "--device",
         device,
         "--repeats",
         str(repeats),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env=WORKER_ENV
+    )
     if out.returncode != 0:
         return {
             "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
@@ -212,15 +244,20 @@ def main() -> None:
     parser.add_argument("--peer-size", type=int, default=160)
     parser.add_argument("--gallery", type=int, default=64)
     parser.add_argument("--queries", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker), args.device, args.repeats)))
+        return
+    if args.interleaved:
+        specs = json.loads(args.interleaved)
+        print(json.dumps(worker_interleaved(specs, args.device, args.repeats)))
         return
     if args.quick:
         args.model = args.peer_model = "resnet18"
@@ -243,7 +280,8 @@ def main() -> None:
     }
     print(
         f"== forward-only cost: {args.model} {args.size}px, {args.device}, "
-        f"median of {args.repeats} (no-grad forward up to the layer = 1.00x)"
+        f"median of {args.repeats} interleaved runs "
+        "(no-grad forward up to the layer = 1.00x)"
     )
     print(f"{'case':34s} {'time':>13s} {'ratio':>8s} {'peak mem':>13s} {'ratio':>8s}")
     for layer in args.layers:
@@ -255,11 +293,14 @@ def main() -> None:
                 "batch": batch,
                 "shots": 1,
             }
-            base = run_case({**common, "kind": "forward"}, args.device, args.repeats)
-            sfam = run_case({**common, "kind": "sfam"}, args.device, args.repeats)
-            if "error" in base:
-                print(f"forward {layer} B={batch}: {base['error']}")
+            specs = [{**common, "kind": "forward"}, {**common, "kind": "sfam"}]
+            timed = run_case(specs, args.device, args.repeats, interleaved=True)
+            if "error" in timed:
+                print(f"{layer} B={batch}: {timed['error']}")
                 continue
+            # peak memory: each case alone in a fresh process, one call
+            base = {**run_case(specs[0], args.device, 1), **timed[0]}
+            sfam = {**run_case(specs[1], args.device, 1), **timed[1]}
             print(
                 f"{'no-grad forward ' + layer + f' B={batch}+1':34s} {_fmt(base, base)}"
             )

@@ -775,7 +775,7 @@ class PairAttribution(LayerAttribution):
 def _finish(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
     if relu:
         maps = F.relu(maps)
-    maps = maps.to(dtype)
+    maps = maps.to(dtype).contiguous()  # no stride-0 views of a shared support
     if not bool(torch.isfinite(maps).all()):
         raise ValueError(
             "the attribution overflowed (activations too large for "
