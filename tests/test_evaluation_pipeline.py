@@ -1,0 +1,104 @@
+"""Synthetic data, trained models and the benchmark, end to end in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from captum_sfam import bench
+from captum_sfam.synthetic import ShapesFewShot, TwoObjectScenes, class_split
+from captum_sfam.trained import (
+    cache_dir,
+    cosine_embedder,
+    fewshot_accuracy,
+    multi_similarity_loss,
+    protonet,
+)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTUM_SFAM_CACHE", str(tmp_path / "cache"))
+
+
+def test_classes_are_disjoint_and_images_deterministic():
+    train, test = class_split(0)
+    assert not set(train) & set(test) and len(train) + len(test) == 256
+    a, b = ShapesFewShot("test", seed=3), ShapesFewShot("test", seed=3)
+    x1, y1, box1 = a[17]
+    x2, y2, box2 = b[17]
+    assert torch.equal(x1, x2) and y1 == y2 and box1 == box2
+    assert not torch.equal(a[18][0], x1)
+    assert x1.shape == (3, 64, 64) and float(x1.min()) >= 0 and float(x1.max()) <= 1
+
+
+def test_boxes_are_tight_around_the_pasted_object():
+    from captum_sfam.synthetic import _background
+
+    data = ShapesFewShot("train", seed=0)
+    for i in range(0, 200, 23):
+        image, _, (x0, y0, x1, y1) = data[i]
+        background = _background(64, data._generator(i))  # same draws, no object
+        changed = (image - background).abs().sum(0) > 1e-6
+        ys, xs = torch.nonzero(changed, as_tuple=True)
+        assert (float(xs.min()), float(ys.min())) == (x0, y0)
+        assert (float(xs.max()) + 1, float(ys.max()) + 1) == (x1, y1)
+
+
+def test_two_object_scenes_put_objects_in_halves():
+    scenes = TwoObjectScenes(ShapesFewShot("test"), count=5)
+    for i in range(5):
+        image, (a, b), (box_a, box_b) = scenes[i]
+        assert a != b and box_a[2] <= 32 and box_b[0] >= 32
+
+
+def test_multi_similarity_loss_prefers_clustered_embeddings():
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]]), dim=1
+    )
+    bad = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0], [0, 1], [1, 0.1], [0.1, 1]]), dim=1
+    )
+    assert float(multi_similarity_loss(good, labels)) < float(
+        multi_similarity_loss(bad, labels)
+    )
+
+
+def test_models_train_briefly_and_are_cached():
+    model = protonet(steps=2)
+    files = list(cache_dir().glob("protonet-*.pt"))
+    assert len(files) == 1
+    again = protonet(steps=2)
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+    assert 0.0 <= fewshot_accuracy(model, episodes=2) <= 1.0
+    emb = cosine_embedder(steps=2)(torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+
+
+def test_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    code = bench.main(
+        [
+            "--quick",
+            "--settings",
+            "fewshot",
+            "retrieval",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    fewshot = report["settings"]["fewshot"]["methods"]
+    assert "SFAM" in fewshot and "Captum IntegratedGradients" in fewshot
+    assert "Decomposition" not in fewshot  # cosine only
+    assert "Decomposition" in report["settings"]["retrieval"]["methods"]
+    for row in fewshot.values():
+        assert 0.0 <= row["specificity"] <= 1.0
+    assert (out / "bench.csv").read_text().startswith("setting,method")
+    assert "| SFAM |" in (out / "bench.md").read_text()
