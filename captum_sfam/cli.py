@@ -309,6 +309,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_exp.add_argument("--size", type=int, default=224, help="input size in pixels")
     p_exp.add_argument("--out", default="explanation.png", help="figure to write")
     p_exp.set_defaults(run=explain)
+    p_bench = commands.add_parser(
+        "bench", help="benchmark every method with ground truth (offline)"
+    )
+    from . import bench
+
+    bench.add_arguments(p_bench)
+    p_bench.set_defaults(run=bench.main_args)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
