@@ -96,7 +96,7 @@ def visualize_pair(
     axes[0].imshow(query)
     axes[0].set_title("query")
     axes[0].axis("off")
-    _draw(axes[1], query_map, query, f"{method}: query", sign)
+    _draw(axes[1], query_map, query, "query map", sign)
     for k, support in enumerate(support_images):
         image = _image(support)
         if support_maps is None:
@@ -104,7 +104,7 @@ def visualize_pair(
             axes[2 + k].set_title(f"support {k}")
             axes[2 + k].axis("off")
         else:
-            _draw(axes[2 + k], support_maps[k], image, f"{method}: support {k}", sign)
+            _draw(axes[2 + k], support_maps[k], image, f"support {k} map", sign)
     title = (
         method if similarity is None else f"{method}   similarity = {similarity:.3f}"
     )
