@@ -494,23 +494,10 @@ class PairAttribution(LayerAttribution):
         attribute_to_layer_input: bool,
     ) -> PairFeatures:
         formatted = format_inputs(inputs)
-        support_flat, groups, shots = _format_support(formatted, support)
         args = _format_additional_forward_args(additional_forward_args)
-        query = self.layer_activations(formatted, args, attribute_to_layer_input)
-        supp = self.layer_activations(
-            support_flat, args, attribute_to_layer_input, name="support"
+        support_flat, query, supp, query_vectors, shot_vectors = self._capture_both(
+            formatted, support, args, attribute_to_layer_input, "support"
         )
-        if supp.shape[1] != query.shape[1]:
-            raise ValueError(
-                f"support gives {supp.shape[1]} channels at the layer, inputs "
-                f"give {query.shape[1]}"
-            )
-        dtype = compute_dtype(query, supp)
-        output_dtype = dtype
-        query = query.to(dtype)
-        supp = supp.to(dtype).reshape(groups, shots, *supp.shape[1:])
-        query_vectors = pool(query, self.pooling)
-        shot_vectors = pool(supp.flatten(0, 1), self.pooling).reshape(groups, shots, -1)
         return PairFeatures(
             query=query,
             support=supp,
@@ -521,8 +508,38 @@ class PairAttribution(LayerAttribution):
             support_inputs=support_flat,
             additional_forward_args=args,
             attribute_to_layer_input=attribute_to_layer_input,
-            output_dtype=output_dtype,
+            output_dtype=query.dtype,
         )
+
+    def _capture_both(
+        self,
+        formatted: Tuple[Tensor, ...],
+        other: TensorOrTuple,
+        args: Any,
+        attribute_to_layer_input: bool,
+        name: str,
+    ) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor, Tensor, Tensor]:
+        """Activations and pooled vectors of the queries and of the other side.
+
+        ``other`` is a support (``name="support"``) or a gallery; returns its
+        flattened inputs, query activations (B, N, h, w), its activations
+        (G, K, N, h', w'), query vectors (B, N) and shot vectors (G, K, N), in
+        float32 (float64 if the activations are).
+        """
+        other_flat, groups, shots = _format_support(formatted, other, name)
+        query = self.layer_activations(formatted, args, attribute_to_layer_input)
+        acts = self.layer_activations(other_flat, args, attribute_to_layer_input, name)
+        if acts.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"{name} gives {acts.shape[1]} channels at the layer, inputs "
+                f"give {query.shape[1]}"
+            )
+        dtype = compute_dtype(query, acts)
+        query = query.to(dtype)
+        acts = acts.to(dtype).reshape(groups, shots, *acts.shape[1:])
+        query_vectors = pool(query, self.pooling)
+        shot_vectors = pool(acts.flatten(0, 1), self.pooling).reshape(groups, shots, -1)
+        return other_flat, query, acts, query_vectors, shot_vectors
 
     @log_usage(part_of_slo=True)
     def attribute(
@@ -643,33 +660,18 @@ class PairAttribution(LayerAttribution):
             (Q, M, K, 1, h', w') for a (M, K, C, H, W) gallery.
         """
         formatted = format_inputs(inputs)
-        gallery_flat, items, shots = _format_support(formatted, gallery, "gallery")
-        per_item_shots = (
-            isinstance(gallery, Tensor) and gallery.dim() > formatted[0].dim()
-        )
-        if isinstance(gallery, tuple):
-            per_item_shots = gallery[0].dim() > formatted[0].dim()
         if chunk_size is not None and (
             not isinstance(chunk_size, int) or chunk_size < 1
         ):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        first = gallery[0] if isinstance(gallery, tuple) else gallery
+        per_item_shots = isinstance(first, Tensor) and first.dim() > formatted[0].dim()
         args = _format_additional_forward_args(additional_forward_args)
-        query = self.layer_activations(formatted, args, attribute_to_layer_input)
-        gal = self.layer_activations(
-            gallery_flat, args, attribute_to_layer_input, name="gallery"
+        _, query, gal, query_vectors, shot_vectors = self._capture_both(
+            formatted, gallery, args, attribute_to_layer_input, "gallery"
         )
-        if gal.shape[1] != query.shape[1]:
-            raise ValueError(
-                f"gallery gives {gal.shape[1]} channels at the layer, inputs "
-                f"give {query.shape[1]}"
-            )
-        dtype = compute_dtype(query, gal)
-        query, gal = (
-            query.to(dtype),
-            gal.to(dtype).reshape(items, shots, *gal.shape[1:]),
-        )
-        query_vectors = pool(query, self.pooling)
-        shot_vectors = pool(gal.flatten(0, 1), self.pooling).reshape(items, shots, -1)
+        items, shots = gal.shape[:2]
+        dtype = query.dtype
         channels = query.shape[1]
         step = chunk_size or max(1, (1 << 21) // (items * shots * channels))
         q_out, g_out = [], []

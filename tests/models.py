@@ -56,3 +56,24 @@ class PooledEmbedding(nn.Module):
 
 def images(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def family():
+    """Every member of the pair-attribution family."""
+    from captum_sfam import (
+        LayerCGRAM,
+        LayerDecomposition,
+        LayerGradFAM,
+        LayerRAM,
+        LayerSFAM,
+        LayerSimilarityGradCam,
+    )
+
+    return [
+        LayerSFAM,
+        LayerRAM,
+        LayerSimilarityGradCam,
+        LayerCGRAM,
+        LayerGradFAM,
+        LayerDecomposition,
+    ]

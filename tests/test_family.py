@@ -9,7 +9,7 @@ import torch
 from captum.attr import LayerGradCam
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import PooledEmbedding, TinyCNN, images
+from models import PooledEmbedding, TinyCNN, family, images
 
 from captum_sfam import (
     LayerCGRAM,
@@ -21,14 +21,7 @@ from captum_sfam import (
     SimilarityTarget,
 )
 
-ALL = [
-    LayerSFAM,
-    LayerRAM,
-    LayerSimilarityGradCam,
-    LayerCGRAM,
-    LayerGradFAM,
-    LayerDecomposition,
-]
+ALL = family()
 
 
 def acts(model, x):

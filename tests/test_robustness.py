@@ -8,27 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from models import TinyCNN, images
+from models import TinyCNN, family, images
 from torch import nn
 
 from captum_sfam import (
-    LayerCGRAM,
     LayerDecomposition,
-    LayerGradFAM,
-    LayerRAM,
     LayerSFAM,
-    LayerSimilarityGradCam,
     tokens_to_grid,
 )
 
-ALL = [
-    LayerSFAM,
-    LayerRAM,
-    LayerSimilarityGradCam,
-    LayerCGRAM,
-    LayerGradFAM,
-    LayerDecomposition,
-]
+ALL = family()
 
 
 class Passthrough(nn.Module):
