@@ -194,6 +194,51 @@ def worker_interleaved(
     return [{"median_s": statistics.median(t), "times_s": t} for t in times]
 
 
+def growth(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Time and peak memory of attribute_pairs as the gallery M grows."""
+    sizes = args.growth or [8, 32, 128]
+    rows = []
+    print(
+        f"\n== cost growth: LayerSFAM.attribute_pairs, {args.peer_model} "
+        f"{args.peer_size}px, Q = {args.queries}"
+    )
+    for gallery in sizes:
+        spec = {
+            "model": args.peer_model,
+            "size": args.peer_size,
+            "queries": args.queries,
+            "gallery": gallery,
+            "kind": "sfam_pairs",
+        }
+        result = run_case(spec, args.device, max(1, args.repeats // 2))
+        rows.append({"gallery": gallery, **result})
+        if "error" not in result:
+            print(
+                f"M = {gallery:5d}: {result['median_s'] * 1000:9.1f} ms "
+                f"{result['peak_bytes'] / 2**20:9.1f} MiB"
+            )
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 3))
+        ax_t, ax_m = fig.subplots(1, 2)
+        ms = [r["gallery"] for r in ok]
+        ax_t.plot(ms, [r["median_s"] for r in ok], "o-")
+        ax_t.set_xlabel("gallery size M")
+        ax_t.set_ylabel("seconds")
+        ax_m.plot(ms, [r["peak_bytes"] / 2**20 for r in ok], "o-")
+        ax_m.set_xlabel("gallery size M")
+        ax_m.set_ylabel("peak MiB")
+        fig.suptitle(f"attribute_pairs, Q = {args.queries} queries, {args.peer_model}")
+        fig.tight_layout()
+        png = HERE / "results" / f"growth-{args.device.split(':')[0]}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=90)
+        print(f"wrote {png}")
+    return rows
+
+
 # ------------------------------------------------------------------ main --
 # Large blocks are mmap'ed and given back at once, so the RSS high-water mark
 # follows the live memory instead of the allocator's caching.
@@ -246,6 +291,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument(
+        "--growth",
+        type=int,
+        nargs="*",
+        default=None,
+        help="gallery sizes M for the cost-growth sweep of attribute_pairs "
+        "(e.g. --growth 8 32 128); writes a PNG next to the JSON",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -341,6 +394,8 @@ def main() -> None:
             for kind in kinds:
                 print(f"{names[kind]:34s} {_fmt(results[kind], base)}")
             report["peers"].append({"queries": queries, "gallery": gallery, **results})
+    if args.growth:
+        report["growth"] = growth(args)
     out = args.out or HERE / "results" / f"perf-{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
