@@ -142,6 +142,16 @@ def _case_fn(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
     raise ValueError(kind)
 
 
+def _time_call(fn: Callable[[], Any], cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def worker(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
     torch.set_num_threads(torch.get_num_threads())
     fn = _case_fn(spec, device)
@@ -153,15 +163,7 @@ def worker(spec: Dict[str, Any], device: str, repeats: int) -> Dict[str, Any]:
     else:
         base_mem = _rss_bytes()
     fn()  # warm-up (also reaches the peak)
-    times: List[float] = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [_time_call(fn, cuda) for _ in range(repeats)]
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base_mem
     else:
@@ -184,13 +186,7 @@ def worker_interleaved(
     times: List[List[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times):
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(_time_call(fn, cuda))
     return [{"median_s": statistics.median(t), "times_s": t} for t in times]
 
 

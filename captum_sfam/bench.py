@@ -311,78 +311,69 @@ def format_table(title: str, summary: Dict[str, Dict[str, Optional[float]]]) -> 
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> Dict[str, object]:
-    from .trained import cosine_embedder, protonet
+def _fewshot(args: argparse.Namespace):
+    from .trained import protonet
 
+    model = protonet(steps=args.train_steps)
+    pairs, scenes, info = fewshot_setting(args, model)
+    title = (
+        f"(a) Euclidean ProtoNet, 5-way 1-shot, {len(pairs)} episodes (5-way 1-shot "
+        f"accuracy {info['accuracy_5way_1shot']:.1%}); {len(scenes)} two-object scenes"
+    )
+    return model, model.layer, "euclidean", pairs, scenes, info, title, {}
+
+
+def _retrieval(args: argparse.Namespace):
+    from .trained import cosine_embedder
+
+    model = cosine_embedder(steps=args.train_steps)
+    pairs, scenes, info = retrieval_setting(args, model)
+    title = (
+        f"(b) cosine multi-similarity model, top-1 retrieval pairs, {len(pairs)} "
+        f"queries (Recall@1 {info['recall_at_1']:.1%}); {len(scenes)} scenes"
+    )
+    return model, model.layer, "cosine", pairs, scenes, info, title, {}
+
+
+def _photos(args: argparse.Namespace):
+    model, layer, pairs, scenes = photo_setting(args)
+    title = (
+        f"(c) ImageNet EfficientNet-Lite0 on {len(scenes)} two-object photo "
+        "composites (localisation: the supported object's half)"
+    )
+    # 224 px images: fewer deletion steps and IG steps keep the run short
+    options = {"steps": max(8, args.steps // 2), "ig_steps": 16}
+    return model, layer, "cosine", pairs, scenes, {}, title, options
+
+
+SETTINGS = {"fewshot": _fewshot, "retrieval": _retrieval, "photos": _photos}
+LABELS = {
+    "fewshot": "(a) few-shot",
+    "retrieval": "(b) retrieval",
+    "photos": "(c) photos",
+}
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     report: Dict[str, object] = {"args": vars(args).copy(), "settings": {}}
     texts = []
-    if "fewshot" in args.settings:
-        model = protonet(steps=args.train_steps)
-        pairs, scenes, info = fewshot_setting(args, model)
-        summary = evaluate(
-            model,
-            model.layer,
-            "euclidean",
-            pairs,
-            scenes,
-            args.steps,
-            not args.no_progress,
-            "(a) few-shot",
-        )
-        report["settings"]["fewshot"] = {"model": info, "methods": summary}
-        texts.append(
-            format_table(
-                f"(a) Euclidean ProtoNet, 5-way 1-shot, {len(pairs)} episodes "
-                f"(5-way 1-shot accuracy {info['accuracy_5way_1shot']:.1%}); "
-                f"{len(scenes)} two-object scenes",
-                summary,
-            )
-        )
-    if "retrieval" in args.settings:
-        model = cosine_embedder(steps=args.train_steps)
-        pairs, scenes, info = retrieval_setting(args, model)
-        summary = evaluate(
-            model,
-            model.layer,
-            "cosine",
-            pairs,
-            scenes,
-            args.steps,
-            not args.no_progress,
-            "(b) retrieval",
-        )
-        report["settings"]["retrieval"] = {"model": info, "methods": summary}
-        texts.append(
-            format_table(
-                f"(b) cosine multi-similarity model, top-1 retrieval pairs, "
-                f"{len(pairs)} "
-                f"queries (Recall@1 {info['recall_at_1']:.1%}); {len(scenes)} scenes",
-                summary,
-            )
-        )
-    if "photos" in args.settings:
-        model, layer, pairs, scenes = photo_setting(args)
+    for key in [k for k in SETTINGS if k in args.settings]:
+        model, layer, metric, pairs, scenes, info, title, options = SETTINGS[key](args)
         summary = evaluate(
             model,
             layer,
-            "cosine",
+            metric,
             pairs,
             scenes,
-            max(8, args.steps // 2),
+            options.get("steps", args.steps),
             not args.no_progress,
-            "(c) photos",
-            ig_steps=16,
+            LABELS[key],
+            ig_steps=options.get("ig_steps", 32),
         )
-        report["settings"]["photos"] = {"model": {}, "methods": summary}
-        texts.append(
-            format_table(
-                f"(c) ImageNet EfficientNet-Lite0 on {len(scenes)} two-object photo "
-                "composites (localisation: the supported object's half)",
-                summary,
-            )
-        )
+        report["settings"][key] = {"model": info, "methods": summary}
+        texts.append(format_table(title, summary))
     report["seconds"] = time.perf_counter() - start
     report["tables"] = texts
     return report
