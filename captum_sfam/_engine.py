@@ -449,18 +449,30 @@ class PairAttribution(LayerAttribution):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         name: str = "inputs",
+        batch_size: Optional[int] = None,
     ) -> Tensor:
-        """(B, N, h, w) activations of the layer (after ``reshape_transform``)."""
-        acts = capture_activations(
-            self.forward_func,
-            self.layer,
-            inputs,
-            additional_forward_args,
-            attribute_to_layer_input,
-            self.device_ids,
-            name,
-        )
-        return self._check_activations(acts, inputs[0].shape[0])
+        """(B, N, h, w) activations of the layer (after ``reshape_transform``).
+
+        With ``batch_size``, the inputs go through the network in batches of
+        that many examples, so only one batch's intermediate tensors are alive
+        at a time.
+        """
+        total = inputs[0].shape[0]
+        step = batch_size or total
+        parts = []
+        for start in range(0, total, step):
+            chunk = tuple(t[start : start + step] for t in inputs)
+            acts = capture_activations(
+                self.forward_func,
+                self.layer,
+                chunk,
+                additional_forward_args,
+                attribute_to_layer_input,
+                self.device_ids,
+                name,
+            )
+            parts.append(self._check_activations(acts, chunk[0].shape[0]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _check_activations(self, acts: Tuple[Tensor, ...], batch: int) -> Tensor:
         if len(acts) != 1:
@@ -518,6 +530,7 @@ class PairAttribution(LayerAttribution):
         args: Any,
         attribute_to_layer_input: bool,
         name: str,
+        batch_size: Optional[int] = None,
     ) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor, Tensor, Tensor]:
         """Activations and pooled vectors of the queries and of the other side.
 
@@ -527,8 +540,12 @@ class PairAttribution(LayerAttribution):
         float32 (float64 if the activations are).
         """
         other_flat, groups, shots = _format_support(formatted, other, name)
-        query = self.layer_activations(formatted, args, attribute_to_layer_input)
-        acts = self.layer_activations(other_flat, args, attribute_to_layer_input, name)
+        query = self.layer_activations(
+            formatted, args, attribute_to_layer_input, "inputs", batch_size
+        )
+        acts = self.layer_activations(
+            other_flat, args, attribute_to_layer_input, name, batch_size
+        )
         if acts.shape[1] != query.shape[1]:
             raise ValueError(
                 f"{name} gives {acts.shape[1]} channels at the layer, inputs "
@@ -627,6 +644,7 @@ class PairAttribution(LayerAttribution):
         relu_attributions: bool = False,
         return_gallery_attributions: bool = False,
         chunk_size: Optional[int] = None,
+        forward_batch_size: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""Maps for every (query, gallery item) pair, from Q + M·K forwards.
 
@@ -652,6 +670,10 @@ class PairAttribution(LayerAttribution):
             chunk_size (int, optional): queries processed at once; by default
                         chosen so that a chunk holds about 2**21 weights.
                         Default: None
+            forward_batch_size (int, optional): images per forward pass, for
+                        large galleries: bounds the network's activation
+                        memory (the explained layer's activations of all
+                        images are kept). Default: all at once
 
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]*: query maps (Q, M, 1, h, w);
@@ -664,11 +686,22 @@ class PairAttribution(LayerAttribution):
             not isinstance(chunk_size, int) or chunk_size < 1
         ):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if forward_batch_size is not None and (
+            not isinstance(forward_batch_size, int) or forward_batch_size < 1
+        ):
+            raise ValueError(
+                f"forward_batch_size must be a positive int, got {forward_batch_size!r}"
+            )
         first = gallery[0] if isinstance(gallery, tuple) else gallery
         per_item_shots = isinstance(first, Tensor) and first.dim() > formatted[0].dim()
         args = _format_additional_forward_args(additional_forward_args)
         _, query, gal, query_vectors, shot_vectors = self._capture_both(
-            formatted, gallery, args, attribute_to_layer_input, "gallery"
+            formatted,
+            gallery,
+            args,
+            attribute_to_layer_input,
+            "gallery",
+            forward_batch_size,
         )
         items, shots = gal.shape[:2]
         dtype = query.dtype

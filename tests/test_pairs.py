@@ -72,6 +72,11 @@ def test_chunking_does_not_change_results_and_no_graph_is_recorded():
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b)
         assert not a.requires_grad and a.grad_fn is None
+    batched = sfam.attribute_pairs(
+        q, gal, return_gallery_attributions=True, forward_batch_size=2
+    )
+    for a, b in zip(whole, batched):
+        torch.testing.assert_close(a, b)
     relu = sfam.attribute_pairs(q, gal, relu_attributions=True)
     torch.testing.assert_close(relu, whole[0].clamp(min=0))
 
@@ -94,3 +99,5 @@ def test_pairs_argument_errors():
         sfam.attribute_pairs(q, images(2, 4, 8, 8))
     with pytest.raises(ValueError, match="chunk_size"):
         sfam.attribute_pairs(q, q, chunk_size=0)
+    with pytest.raises(ValueError, match="forward_batch_size"):
+        sfam.attribute_pairs(q, q, forward_batch_size=0)
