@@ -177,7 +177,8 @@ def explain(args: argparse.Namespace) -> int:
 
 def _pair_summary(
     name: str, model: Module, layer: Module, query: Tensor, support: Tensor
-) -> Tuple[Dict[str, Tuple[Tensor, Tensor]], List[str]]:
+) -> Tuple[Dict[str, Tuple[Tensor, Tensor]], List[str], float]:
+    """Every method's maps for one pair, its summary line and its similarity."""
     results, lines = {}, []
     for cls, label in METHODS.values():
         method = cls(model, layer, metric="cosine")
@@ -193,7 +194,7 @@ def _pair_summary(
         f"{name}: cosine similarity {sim:.3f}; SFAM channels with Norm(w) > 0.5: "
         f"{float(spread[0.5][0]):.0%}, > 0.9: {float(spread[0.9][0]):.0%}"
     )
-    return results, lines
+    return results, lines, sim
 
 
 def _half_share(query_map: Tensor, left: bool) -> float:
@@ -244,7 +245,7 @@ def demo(args: argparse.Namespace) -> int:
     for pair_name, query_name, support_names in pairs:
         query = x[query_name]
         support = torch.cat([x[n] for n in support_names])
-        results, lines = _pair_summary(pair_name, model, layer, query, support)
+        results, lines, sim = _pair_summary(pair_name, model, layer, query, support)
         summary += lines
         images = [to_display(s) for s in support]
         q_map, s_maps = results["SFAM"]
@@ -254,7 +255,7 @@ def demo(args: argparse.Namespace) -> int:
             images,
             s_maps,
             method="SFAM",
-            similarity=similarity(model, query, support, "cosine"),
+            similarity=sim,
             path=out / f"{pair_name}_sfam.png",
         )
         compare_methods(
