@@ -4,19 +4,23 @@ Captum attributions that explain a *pair* (a query against a K-shot support),
 and an adapter that lets every Captum method explain similarity models.
 """
 
-from ._engine import PairAttribution, PairFeatures
-from .cg_ram import LayerCGRAM
-from .decomposition import LayerDecomposition
-from .grad_fam import LayerGradFAM
-from .ram import LayerRAM
-from .sfam import (
+from ._utils.attribution import PairAttribution, PairFeatures
+from .methods import (
+    REGISTRY,
+    LayerCGRAM,
+    LayerDecomposition,
+    LayerGradFAM,
+    LayerRAM,
     LayerSFAM,
+    LayerSimilarityGradCam,
+)
+from .methods.sfam import (
     channel_importance,
     minmax_normalize,
     weight_spread,
 )
 from .similarity import SimilarityTarget
-from .similarity_grad_cam import LayerSimilarityGradCam, similarity_gradients
+from .methods.similarity_grad_cam import similarity_gradients
 from .transforms import tokens_to_grid
 
 __version__ = "0.1.0"
@@ -30,6 +34,7 @@ __all__ = [
     "LayerSimilarityGradCam",
     "PairAttribution",
     "PairFeatures",
+    "REGISTRY",
     "SimilarityTarget",
     "channel_importance",
     "minmax_normalize",

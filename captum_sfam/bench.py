@@ -38,9 +38,9 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor
 from torch.nn import Module
 
-from .cg_ram import LayerCGRAM
-from .decomposition import LayerDecomposition
-from .grad_fam import LayerGradFAM
+from .methods.cg_ram import LayerCGRAM
+from .methods.decomposition import LayerDecomposition
+from .methods.grad_fam import LayerGradFAM
 from .metrics import (
     box_from_map,
     box_iou,
@@ -48,10 +48,10 @@ from .metrics import (
     pair_specificity,
     pointing_game,
 )
-from .ram import LayerRAM
-from .sfam import LayerSFAM
+from .methods.ram import LayerRAM
+from .methods.sfam import LayerSFAM
 from .similarity import SimilarityTarget, flatten_embeddings, paired_similarity
-from .similarity_grad_cam import LayerSimilarityGradCam
+from .methods.similarity_grad_cam import LayerSimilarityGradCam
 
 Explainer = Callable[[Tensor, Tensor], Tensor]  # (1,C,H,W), (K,C,H,W) -> (H, W)
 FAMILY = {

@@ -18,14 +18,14 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ._engine import PairAttribution
-from .cg_ram import LayerCGRAM
-from .decomposition import LayerDecomposition
-from .grad_fam import LayerGradFAM
-from .ram import LayerRAM
-from .sfam import LayerSFAM, weight_spread
+from .methods import REGISTRY, PairAttribution
+from .methods.cg_ram import LayerCGRAM
+from .methods.decomposition import LayerDecomposition
+from .methods.grad_fam import LayerGradFAM
+from .methods.ram import LayerRAM
+from .methods.sfam import LayerSFAM, weight_spread
 from .similarity import flatten_embeddings, paired_similarity
-from .similarity_grad_cam import LayerSimilarityGradCam
+from .methods.similarity_grad_cam import LayerSimilarityGradCam
 
 METHODS = {
     "sfam": (LayerSFAM, "SFAM"),

@@ -14,7 +14,7 @@ from models import TinyCNN, images
 from torch import nn
 
 from captum_sfam import LayerSFAM, channel_importance, minmax_normalize
-from captum_sfam._engine import weighted_sum
+from captum_sfam._utils.attribution import weighted_sum
 
 
 def slow_sfam(q_act, s_acts, metric):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from ._engine import (
+from .._utils.attribution import (
     PairAttribution,
     PairFeatures,
     PoolingType,

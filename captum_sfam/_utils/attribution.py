@@ -843,3 +843,7 @@ def weighted_sum_support(weights: Tensor, activations: Tensor, batch: int) -> Te
     if groups == 1:
         return torch.einsum("bkn,knhw->bkhw", weights, activations[0])
     return torch.einsum("bkn,bknhw->bkhw", weights.expand(batch, -1, -1), activations)
+
+
+class GradientPairAttribution(PairAttribution):
+    """Placeholder during the move (replaced by the gradient engine)."""

@@ -7,7 +7,7 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._engine import (
+from .._utils.attribution import (
     PairAttribution,
     PairFeatures,
     check_finite,

@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._engine import PairAttribution, PairFeatures
+from .._utils.attribution import PairAttribution, PairFeatures
 
 
 def similarity_gradients(

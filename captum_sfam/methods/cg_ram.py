@@ -6,9 +6,9 @@ from typing import Tuple
 
 from torch import Tensor
 
-from ._engine import PairAttribution, PairFeatures, spatial_mean
-from .similarity import flatten_embeddings as _flat
-from .similarity import paired_similarity
+from .._utils.attribution import PairAttribution, PairFeatures, spatial_mean
+from ..similarity import flatten_embeddings as _flat
+from ..similarity import paired_similarity
 
 
 class LayerCGRAM(PairAttribution):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ._engine import PairAttribution, PairFeatures, PoolingType, ReshapeTransform
+from .._utils.attribution import PairAttribution, PairFeatures, PoolingType, ReshapeTransform
 
 WEIGHTINGS = ("self", "other", "product")
 

@@ -6,8 +6,8 @@ from typing import Tuple
 
 from torch import Tensor
 
-from ._engine import PairAttribution, PairFeatures, spatial_mean
-from .similarity import flatten_embeddings
+from .._utils.attribution import PairAttribution, PairFeatures, spatial_mean
+from ..similarity import flatten_embeddings
 
 
 def half_squared_norm(output: Tensor) -> Tensor:
