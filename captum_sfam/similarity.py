@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from ._utils.attribution import check_finite, check_metric
+from ._utils.checks import check_finite, check_metric
 
 #: Embeddings whose norm is below this have cosine similarity 0 (as in
 #: ``torch.nn.functional.cosine_similarity``), e.g. an all-black IG baseline.

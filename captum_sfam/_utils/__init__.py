@@ -1,0 +1,1 @@
+"""Plumbing shared by every member: checks, formatting, capture, maps, the engine."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple, Type
 
-from .._utils.attribution import GradientPairAttribution, PairAttribution
+from .._utils.attribution import PairAttribution
 from .cg_ram import LayerCGRAM
 from .decomposition import LayerDecomposition
 from .grad_fam import LayerGradFAM
@@ -37,7 +37,7 @@ class Member:
     @property
     def forward_only(self) -> bool:
         """True when the member needs no gradient (and has ``attribute_pairs``)."""
-        return not issubclass(self.cls, GradientPairAttribution)
+        return self.cls.forward_only
 
 
 #: every member of the family, by key (one line per member)
@@ -55,6 +55,7 @@ REGISTRY: Dict[str, Member] = {
 
 __all__ = [
     "REGISTRY",
+    "PairAttribution",
     "LayerCGRAM",
     "LayerDecomposition",
     "LayerGradFAM",

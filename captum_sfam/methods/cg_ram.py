@@ -2,16 +2,22 @@ r"""CG-RAM: Confidence Gradient-weighted RAM (ES-Net, Shen et al., 2021)."""
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor
 
-from .._utils.attribution import PairAttribution, PairFeatures, spatial_mean
-from ..similarity import flatten_embeddings as _flat
+from .._utils.gradient import GradientPairAttribution
 from ..similarity import paired_similarity
 
 
-class LayerCGRAM(PairAttribution):
+def prototype_similarity(query: Tensor, shots: Tensor, metric: str) -> Tensor:
+    r"""CG-RAM's pair score :math:`s = \mathrm{sim}(f(Q), \frac1K\sum_k f(S_k))`.
+
+    query (B, D) and shots (B, K, D) -> (B,): cosine, or negative squared
+    Euclidean distance, to the mean of the K shot embeddings.
+    """
+    return paired_similarity(query, shots.mean(dim=-2), metric)
+
+
+class LayerCGRAM(GradientPairAttribution):
     r"""
     Confidence Gradient-weighted Ranking Activation Map (CG-RAM): Grad-CAM
     with the pair's matching score as the target.
@@ -40,40 +46,5 @@ class LayerCGRAM(PairAttribution):
     ``forward_func`` must return embeddings (B, D) (flattened otherwise).
     """
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        args, to_input = pair.additional_forward_args, pair.attribute_to_layer_input
-        batch, shots = pair.batch_size, pair.shots
-        query_emb = _flat(self.model_outputs(pair.inputs, args))
-        shot_emb = _flat(self.model_outputs(pair.support_inputs, args))
-        support_emb = shot_emb.reshape(-1, shots, shot_emb.shape[-1]).mean(dim=1)
-        support_emb = support_emb.expand(batch, -1)
-        metric = self.metric
-
-        def query_score(output: Tensor) -> Tensor:
-            return paired_similarity(
-                _flat(output), support_emb.to(output.dtype), metric
-            )
-
-        grad_q = self.layer_gradients(pair.inputs, query_score, args, to_input)
-
-        # Support: each (query b, shot k) row is its own image; the score of
-        # row (b, k) is s_b / K, so the gradient of the sum w.r.t. A_{S_bk} is
-        # exactly ds_b / dA_{S_bk} (s_b depends on the mean of its K shots).
-        if pair.shared_support:
-            per_query = tuple(
-                s.unsqueeze(0).expand(batch, *s.shape).flatten(0, 1)
-                for s in pair.support_inputs
-            )
-        else:
-            per_query = pair.support_inputs
-
-        def support_score(output: Tensor) -> Tensor:
-            emb = _flat(output).reshape(batch, shots, -1)
-            score = paired_similarity(
-                emb.mean(dim=1), query_emb.to(output.dtype), metric
-            )
-            return (score / shots).repeat_interleave(shots)
-
-        grad_s = self.layer_gradients(per_query, support_score, args, to_input)
-        grad_s = grad_s.reshape(batch, shots, *grad_s.shape[1:])
-        return spatial_mean(grad_q), spatial_mean(grad_s)
+    def _pair_score(self, query: Tensor, shots: Tensor) -> Tensor:
+        return prototype_similarity(query, shots, self.metric)

@@ -3,29 +3,40 @@ r"""Decomposition: activation decomposition of a cosine similarity
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from .._utils.attribution import (
-    PairAttribution,
-    PairFeatures,
-    PoolingType,
-    ReshapeTransform,
-    TensorOrTuple,
-)
+from .._utils.attribution import PairAttribution
+from .._utils.captum_compat import format_additional_forward_args
+from .._utils.checks import PoolingType
+from .._utils.features import PooledPair, ReshapeTransform
+from .._utils.formatting import TensorOrTuple, format_inputs
 
-#: largest point-to-point block (query positions x support positions) built at once
-_CHUNK_ELEMENTS = 1 << 24
+#: point-to-point scores (pairs x query positions x support positions) built at once
+MAX_BLOCK_ELEMENTS = 1 << 24
+
+
+def decomposition_weights(
+    query_vectors: Tensor, shot_vectors: Tensor, head: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    r"""The CAM weights Decomposition's maps reduce to on non-negative
+    activations without a head: :math:`v^S` for the query, :math:`v^Q` for each
+    shot (:math:`W^\top W v` with a head), up to a positive factor."""
+    q, s = query_vectors, shot_vectors.mean(dim=-2)  # Eq. 1
+    if head is not None:
+        gram = head.transpose(0, 1).to(q.dtype) @ head.to(q.dtype)
+        q, s = q @ gram, s @ gram
+    return s, q.unsqueeze(-2)
 
 
 def position_embeddings(
     activations: Tensor, pooling: str, head: Optional[Tensor]
 ) -> Tensor:
-    r"""Per-position embeddings :math:`e(i,j)`, (M, N, h, w) -> (M, hw, D).
+    r"""Per-position embeddings :math:`e(i,j)`, (..., N, h, w) -> (..., hw, D).
 
     With max pooling each channel keeps only its arg-max position(s) (the
     reference code's "maximum mask"); a linear head :math:`W` (D x N, bias
@@ -34,25 +45,60 @@ def position_embeddings(
     if pooling == "max":
         peak = activations.amax(dim=(-2, -1), keepdim=True)
         activations = activations * (activations == peak)
-    emb = activations.flatten(2).transpose(1, 2)
+    emb = activations.flatten(-2).transpose(-1, -2)
     return emb if head is None else emb @ head.transpose(0, 1).to(emb.dtype)
 
 
-def point_to_point(query_emb: Tensor, support_emb: Tensor) -> Tensor:
-    r"""Rectified, max-normalised point-to-point activation.
+def point_to_point_scores(
+    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
+) -> Tensor:
+    r"""Rectified, max-normalised point-to-point activation of each pair.
 
-    :math:`P(i,j,x,y) = \langle e_Q(i,j), e_S(x,y)\rangle`, returned as
-    :math:`\mathrm{ReLU}(P / \max P)`; all zeros where :math:`\max P \le 0`
-    (no position pair contributes positively to the similarity).
-    query_emb (B, P, D), support_emb (B or 1, P', D) -> (B, P, P').
+    :math:`P(i,j,k,x,y) = \langle e_Q(i,j), e_{S_k}(x,y)\rangle`, returned as
+    :math:`\mathrm{ReLU}(P / \max P)`, the maximum taken over the pair; all
+    zeros where :math:`\max P \le 0` (no position pair contributes positively
+    to the similarity). query (..., N, h, w) and support (..., K, N, h', w'),
+    leading dims broadcasting -> (..., h*w, K*h'*w').
     """
-    if support_emb.shape[0] == 1:
-        p = query_emb @ support_emb[0].transpose(0, 1)
-    else:
-        p = torch.bmm(query_emb, support_emb.transpose(1, 2))
-    peak = p.amax(dim=(1, 2), keepdim=True)
+    query_emb = position_embeddings(query, pooling, head)
+    support_emb = position_embeddings(support, pooling, head).flatten(-3, -2)
+    p = query_emb @ support_emb.transpose(-1, -2)
+    peak = p.amax(dim=(-2, -1), keepdim=True)
     safe = torch.where(peak > 0, peak, torch.ones_like(peak))
     return torch.where(peak > 0, F.relu(p / safe), torch.zeros_like(p))
+
+
+def _blocks(query: Tensor, support: Tensor) -> Iterator[Tuple[Tensor, Tensor]]:
+    """Slices of the first leading dim small enough for MAX_BLOCK_ELEMENTS."""
+    lead = torch.broadcast_shapes(query.shape[:-3], support.shape[:-4])
+    support_positions = support.shape[-4] * support.shape[-2:].numel()
+    per_row = lead[1:].numel() * query.shape[-2:].numel() * support_positions
+    step = max(1, MAX_BLOCK_ELEMENTS // max(1, per_row))
+    for start in range(0, lead[0], step):
+        rows = slice(start, start + step)
+        yield (
+            query[rows] if query.shape[0] > 1 else query,
+            support[rows] if support.shape[0] > 1 else support,
+        )
+
+
+def decomposition_maps(
+    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    r"""The overall maps: :math:`M_Q(i,j) = \sum_{k,x,y} R(i,j,k,x,y)` and
+    :math:`M_{S_k}(x,y) = \sum_{i,j} R(i,j,k,x,y)`, R the rectified P.
+
+    query (..., N, h, w), support (..., K, N, h', w') -> (..., h, w) and
+    (..., K, h', w'), built in blocks of the first leading dimension.
+    """
+    query_maps, support_maps = [], []
+    for q, s in _blocks(query, support):
+        rect = point_to_point_scores(q, s, pooling, head)
+        query_maps.append(rect.sum(dim=-1).unflatten(-1, query.shape[-2:]))
+        support_maps.append(
+            rect.sum(dim=-2).unflatten(-1, (support.shape[-4], *support.shape[-2:]))
+        )
+    return torch.cat(query_maps), torch.cat(support_maps)
 
 
 class LayerDecomposition(PairAttribution):
@@ -92,6 +138,7 @@ class LayerDecomposition(PairAttribution):
     """
 
     supported_metrics = ("cosine",)
+    supported_poolings = ("avg", "max")
 
     def __init__(
         self,
@@ -128,11 +175,7 @@ class LayerDecomposition(PairAttribution):
             head = head.detach()
         self.head = head
 
-    def _validate(self) -> None:
-        if callable(self.pooling):
-            raise ValueError("LayerDecomposition needs pooling='avg' or 'max'")
-
-    def _check_head(self, channels: int) -> Optional[Tensor]:
+    def _head(self, channels: int) -> Optional[Tensor]:
         if self.head is not None and self.head.shape[1] != channels:
             raise ValueError(
                 f"head has {self.head.shape[1]} input features, the layer has "
@@ -140,40 +183,19 @@ class LayerDecomposition(PairAttribution):
             )
         return self.head
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        head = self._check_head(pair.query.shape[1])
-        q, s = pair.query_vectors, pair.support_vectors.expand_as(pair.query_vectors)
-        if head is not None:
-            gram = head.transpose(0, 1).to(q.dtype) @ head.to(q.dtype)
-            q, s = q @ gram, s @ gram
-        return s, q.unsqueeze(1)
+    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
+        head = self._head(pair.query.shape[-1])
+        return decomposition_weights(pair.query, pair.shots, head)
 
-    def _point_to_point(self, pair: PairFeatures) -> Tensor:
-        """Rectified P of shape (B, hw, K*h'w'), built in chunks of queries."""
-        head = self._check_head(pair.query.shape[1])
-        pooling = str(self.pooling)
-        groups, shots = pair.support.shape[:2]
-        support_emb = position_embeddings(pair.support.flatten(0, 1), pooling, head)
-        support_emb = support_emb.reshape(groups, -1, support_emb.shape[-1])
-        positions = pair.query.shape[-2] * pair.query.shape[-1]
-        chunk = max(1, _CHUNK_ELEMENTS // (positions * support_emb.shape[1]))
-        blocks = []
-        for start in range(0, pair.batch_size, chunk):
-            query_emb = position_embeddings(
-                pair.query[start : start + chunk], pooling, head
-            )
-            supp = support_emb if groups == 1 else support_emb[start : start + chunk]
-            blocks.append(point_to_point(query_emb, supp))
-        return torch.cat(blocks)
-
-    def _maps(
-        self, pair: PairFeatures, query_weights: Tensor, support_weights: Tensor
+    def _pair_maps(
+        self,
+        query: Tensor,
+        support: Tensor,
+        query_weights: Tensor,
+        shot_weights: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        rect = self._point_to_point(pair)
-        batch, shots = pair.batch_size, pair.shots
-        query_maps = rect.sum(dim=2).reshape(batch, *pair.query.shape[-2:])
-        support_maps = rect.sum(dim=1).reshape(batch, shots, *pair.support.shape[-2:])
-        return query_maps, support_maps
+        head = self._head(query.shape[-3])
+        return decomposition_maps(query, support, str(self.pooling), head)
 
     def point_to_point(
         self,
@@ -196,14 +218,24 @@ class LayerDecomposition(PairAttribution):
             of query point (i, j); ``result[b, ..., k, x, y]`` the map on the
             query of support point (x, y).
         """
-        pair = self._features(
-            inputs, support, additional_forward_args, attribute_to_layer_input
-        )
+        formatted = format_inputs(inputs)
+        args = format_additional_forward_args(additional_forward_args)
+        spec = self._spec(args, attribute_to_layer_input)
+        features = self._features(spec, formatted, support)
+        query, shots = features.query, features.support
+        head, pooling = self._head(query.shape[1]), str(self.pooling)
         with torch.no_grad():
-            rect = self._point_to_point(pair)
-        return rect.reshape(
-            pair.batch_size,
-            *pair.query.shape[-2:],
-            pair.shots,
-            *pair.support.shape[-2:],
-        ).to(pair.output_dtype)
+            blocks = [
+                point_to_point_scores(q, s, pooling, head)
+                for q, s in _blocks(query, shots)
+            ]
+        return (
+            torch.cat(blocks)
+            .reshape(
+                features.batch_size,
+                *query.shape[-2:],
+                *shots.shape[1:2],
+                *shots.shape[-2:],
+            )
+            .to(features.output_dtype)
+        )

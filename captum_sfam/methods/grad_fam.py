@@ -2,21 +2,22 @@ r"""Grad-FAM: Feature Activation Map with gradients (Wu et al., CVPR 2022)."""
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor
 
-from .._utils.attribution import PairAttribution, PairFeatures, spatial_mean
-from ..similarity import flatten_embeddings
+from .._utils.gradient import GradientPairAttribution
 
 
-def half_squared_norm(output: Tensor) -> Tensor:
-    r"""The Grad-FAM score of each row: :math:`\frac12\lVert f(x)\rVert^2`."""
-    emb = flatten_embeddings(output)
-    return 0.5 * (emb * emb).sum(dim=-1)
+def half_squared_norms(query: Tensor, shots: Tensor) -> Tensor:
+    r"""Grad-FAM's pair score: each image's own energy :math:`\frac12\lVert f\rVert^2`.
+
+    query (B, D) and shots (B, K, D) -> (B,): :math:`\frac12\lVert f(Q)\rVert^2
+    + \frac12\sum_k\lVert f(S_k)\rVert^2`. Each image's gradient comes from its
+    own term only, so every map is pair-agnostic.
+    """
+    return 0.5 * (query * query).sum(dim=-1) + 0.5 * (shots * shots).sum(dim=(-2, -1))
 
 
-class LayerGradFAM(PairAttribution):
+class LayerGradFAM(GradientPairAttribution):
     r"""
     Grad-FAM: Grad-CAM on the embedding itself rather than on a class score.
 
@@ -38,16 +39,10 @@ class LayerGradFAM(PairAttribution):
     pair-agnostic by construction (the SFAM paper's criticism of it).
 
     Reconstruction note: the FAM paper's text is the only source (no public
-    code); the score ½‖f‖² is the reading of ``../shared/BASELINES.md``.
-    ``metric`` does not change the maps. Not to be confused with Liao et al.'s
-    2023 "Feature Activation Map" (arXiv 2307.05017), SFAM's precursor.
+    code); the score ½‖f‖² is our reading of it. ``metric`` does not change
+    the maps. Not to be confused with Liao et al.'s 2023 "Feature Activation
+    Map" (arXiv 2307.05017), SFAM's precursor.
     """
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        args, to_input = pair.additional_forward_args, pair.attribute_to_layer_input
-        grad_q = self.layer_gradients(pair.inputs, half_squared_norm, args, to_input)
-        grad_s = self.layer_gradients(
-            pair.support_inputs, half_squared_norm, args, to_input
-        )
-        grad_s = grad_s.reshape(-1, pair.shots, *grad_s.shape[1:])
-        return spatial_mean(grad_q), spatial_mean(grad_s)
+    def _pair_score(self, query: Tensor, shots: Tensor) -> Tensor:
+        return half_squared_norms(query, shots)

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
-import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attribution import PairAttribution, PairFeatures, PoolingType, ReshapeTransform
+from .._utils.attribution import PairAttribution
+from .._utils.checks import PoolingType
+from .._utils.features import PooledPair, ReshapeTransform
 
 WEIGHTINGS = ("self", "other", "product")
 
 
 def ram_weights(
-    query_vectors: Tensor, support_vectors: Tensor, shot_vectors: Tensor, weighting: str
+    query_vectors: Tensor, shot_vectors: Tensor, weighting: str
 ) -> Tuple[Tensor, Tensor]:
-    """RAM's channel weights, broadcasting over leading dims.
+    """RAM's weight rule, broadcasting over leading dims.
 
-    query_vectors (..., N), support_vectors (..., N) and shot_vectors
-    (..., K, N) -> query weights (..., N) and support weights (..., K or 1, N).
+    query_vectors (..., N) and shot_vectors (..., K, N) -> query weights
+    (..., N) and shot weights (..., K or 1, N).
     """
     if weighting == "self":  # each image weighted by its own pooled vector
         return query_vectors, shot_vectors
+    support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
     if weighting == "other":  # each image weighted by the other side's vector
-        _, support_weights = torch.broadcast_tensors(query_vectors, support_vectors)
-        return support_weights, query_vectors.unsqueeze(-2)
+        return support_vectors, query_vectors.unsqueeze(-2)
     product = query_vectors * support_vectors  # channel contributions to V^Q.V^S
     return product, product.unsqueeze(-2)
 
@@ -47,7 +48,7 @@ class LayerRAM(PairAttribution):
 
     which is pair-agnostic by construction: the query's map does not depend on
     the support (the SFAM paper's criticism of RAM). Two other readings are
-    available, since the source is ambiguous (``../shared/BASELINES.md``):
+    available, since the source is ambiguous:
 
     - ``weighting="other"``: the other image's vector weights the channels,
       :math:`L_Q = \sum_n v^S_n A_Q^n`, :math:`L_{S_k} = \sum_n v^Q_n
@@ -88,22 +89,5 @@ class LayerRAM(PairAttribution):
             )
         self.weighting = weighting
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        return ram_weights(
-            pair.query_vectors, pair.support_vectors, pair.shot_vectors, self.weighting
-        )
-
-    def _pairwise_weights(
-        self,
-        query: Tensor,
-        gallery: Tensor,
-        query_vectors: Tensor,
-        shot_vectors: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
-        # queries on dim 0, gallery items on dim 1, shots on dim 2
-        return ram_weights(
-            query_vectors.unsqueeze(1),
-            shot_vectors.mean(dim=1).unsqueeze(0),
-            shot_vectors.unsqueeze(0),
-            self.weighting,
-        )
+    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
+        return ram_weights(pair.query, pair.shots, self.weighting)

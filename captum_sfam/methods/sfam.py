@@ -7,27 +7,12 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._utils.attribution import (
-    PairAttribution,
-    PairFeatures,
-    check_finite,
-    check_metric,
-    compute_dtype,
-)
+from .._utils.attribution import PairAttribution
+from .._utils.checks import check_metric, check_vectors, compute_dtype
+from .._utils.features import PooledPair
 
 #: unit vectors closer than this (max abs difference) count as parallel, D = 0
 PARALLEL_TOL = 1e-12
-
-
-def _as_vectors(x: object, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have a channel dimension, got a scalar")
-    check_finite(x, name)
-    return x
 
 
 def _unit(v: Tensor, name: str) -> Tensor:
@@ -95,8 +80,8 @@ def channel_importance(
         to 1 over the last dimension; float32 (float64 if an input is float64).
     """
     metric = check_metric(metric)
-    q = _as_vectors(query_vectors, "query_vectors")
-    s = _as_vectors(support_vectors, "support_vectors")
+    q = check_vectors(query_vectors, "query_vectors")
+    s = check_vectors(support_vectors, "support_vectors")
     try:
         q, s = torch.broadcast_tensors(q, s)
     except RuntimeError as error:
@@ -148,7 +133,7 @@ def minmax_normalize(weights: Tensor) -> Tensor:
     Returns:
         *Tensor* of the same shape, float32 (float64 for float64 input).
     """
-    w = _as_vectors(weights, "weights")
+    w = check_vectors(weights, "weights")
     out_dtype = compute_dtype(w)
     w = w.double()
     scale = w.abs().amax(dim=-1, keepdim=True)
@@ -181,13 +166,23 @@ def weight_spread(
         *dict[float, Tensor]*: for each threshold t, the fraction of channels
         with Norm(ω) > t, of shape (...).
     """
-    w = _as_vectors(normalized_weights, "normalized_weights")
+    w = check_vectors(normalized_weights, "normalized_weights")
     return {float(t): (w > t).to(torch.float32).mean(dim=-1) for t in thresholds}
 
 
-def sfam_weights(query_vectors: Tensor, support_vectors: Tensor, metric: str) -> Tensor:
-    """Norm(ω): SFAM's channel weights, Eq. 2/5 then Eq. 4."""
-    return minmax_normalize(channel_importance(query_vectors, support_vectors, metric))
+def sfam_weights(
+    query_vectors: Tensor, shot_vectors: Tensor, metric: str
+) -> Tuple[Tensor, Tensor]:
+    r"""SFAM's weight rule: Norm(ω) for the query and, unchanged, for every shot.
+
+    query_vectors (..., N) and shot_vectors (..., K, N), leading dims
+    broadcasting -> query weights (..., N) and shot weights (..., 1, N).
+    """
+    support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
+    weights = minmax_normalize(  # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine)
+        channel_importance(query_vectors, support_vectors, metric)
+    )
+    return weights, weights.unsqueeze(-2)
 
 
 class LayerSFAM(PairAttribution):
@@ -230,19 +225,5 @@ class LayerSFAM(PairAttribution):
     activation for metric learning", https://arxiv.org/abs/2506.01636
     """
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        weights = sfam_weights(pair.query_vectors, pair.support_vectors, self.metric)
-        return weights, weights.unsqueeze(1)  # the same weights for each shot
-
-    def _pairwise_weights(
-        self,
-        query: Tensor,
-        gallery: Tensor,
-        query_vectors: Tensor,
-        shot_vectors: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
-        support_vectors = shot_vectors.mean(dim=1)  # Eq. 1, per gallery item
-        weights = sfam_weights(
-            query_vectors.unsqueeze(1), support_vectors.unsqueeze(0), self.metric
-        )
-        return weights, weights.unsqueeze(2)
+    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
+        return sfam_weights(pair.query, pair.shots, self.metric)

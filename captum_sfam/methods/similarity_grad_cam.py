@@ -7,7 +7,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._utils.attribution import PairAttribution, PairFeatures
+from .._utils.attribution import PairAttribution
+from .._utils.features import PooledPair
 
 
 def similarity_gradients(
@@ -38,6 +39,22 @@ def similarity_gradients(
     return (s_unit - cos * q_unit) / q_norm, (q_unit - cos * s_unit) / s_norm
 
 
+def similarity_grad_cam_weights(pair: PooledPair, metric: str) -> Tuple[Tensor, Tensor]:
+    r"""Grad-CAM weights of :math:`s(V^Q, V^S)`: :math:`\alpha^Q = g_Q/(hw)`,
+    :math:`\alpha^{S_k} = g_S/(K h'w')`, with :math:`g = \partial s/\partial V`.
+
+    Avg pooling spreads :math:`\partial s/\partial v_n` evenly over the h*w
+    positions, max pooling puts it on the arg-max: the spatial mean is
+    :math:`g_n/(hw)` in both cases. Shot k enters :math:`V^S` with weight 1/K.
+    """
+    grad_q, grad_s = similarity_gradients(pair.query, pair.support, metric)
+    shots = pair.shots.shape[-2]
+    return (
+        grad_q / pair.query_positions,
+        (grad_s / (shots * pair.support_positions)).unsqueeze(-2),
+    )
+
+
 class LayerSimilarityGradCam(PairAttribution):
     r"""
     Grad-CAM of the similarity between the pooled layer vectors, computed
@@ -47,7 +64,7 @@ class LayerSimilarityGradCam(PairAttribution):
     score w.r.t. the activations (Selvaraju et al., ICCV 2017,
     https://arxiv.org/abs/1610.02391). Here the score is the similarity of the
     pair at the explained layer, :math:`s = \mathrm{sim}(p(A_Q), V^S)`, whose
-    gradient is known in closed form (``../shared/NOTES.md``). With
+    gradient is known in closed form. With
     :math:`g = \partial s/\partial V^Q` (see :func:`similarity_gradients`), for
     average pooling :math:`\partial s/\partial A^n_{ij} = g_n / (hw)`, and for
     max pooling the gradient is :math:`g_n` at the arg-max and 0 elsewhere: in
@@ -69,34 +86,7 @@ class LayerSimilarityGradCam(PairAttribution):
     pass ``relu_attributions=True`` for the original Grad-CAM display.
     """
 
-    def _validate(self) -> None:
-        if callable(self.pooling):
-            raise ValueError(
-                "LayerSimilarityGradCam needs pooling='avg' or 'max': a pooling "
-                "callable has no closed-form gradient"
-            )
+    supported_poolings = ("avg", "max")  # a callable has no closed form
 
-    def _weights(self, pair: PairFeatures) -> Tuple[Tensor, Tensor]:
-        grad_q, grad_s = similarity_gradients(
-            pair.query_vectors, pair.support_vectors, self.metric
-        )
-        hw_q = pair.query.shape[-2] * pair.query.shape[-1]
-        hw_s = pair.support.shape[-2] * pair.support.shape[-1]
-        return grad_q / hw_q, (grad_s / (pair.shots * hw_s)).unsqueeze(1)
-
-    def _pairwise_weights(
-        self,
-        query: Tensor,
-        gallery: Tensor,
-        query_vectors: Tensor,
-        shot_vectors: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
-        grad_q, grad_s = similarity_gradients(
-            query_vectors.unsqueeze(1),
-            shot_vectors.mean(dim=1).unsqueeze(0),
-            self.metric,
-        )
-        hw_q = query.shape[-2] * query.shape[-1]
-        hw_s = gallery.shape[-2] * gallery.shape[-1]
-        shots = gallery.shape[1]
-        return grad_q / hw_q, (grad_s / (shots * hw_s)).unsqueeze(2)
+    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
+        return similarity_grad_cam_weights(pair, self.metric)

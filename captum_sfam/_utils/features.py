@@ -1,0 +1,158 @@
+r"""The features of a batch of pairs: layer activations and pooled vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from .capture import capture_activations
+from .checks import PoolingType, check_finite, compute_dtype
+from .maps import pool
+
+ReshapeTransform = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class PooledPair:
+    r"""The input of a weight rule: pooled vectors with any leading dims.
+
+    ``attribute`` passes (B, N) queries and (1 or B, K, N) shots;
+    ``attribute_pairs`` passes (Q, 1, N) queries and (1, M, K, N) shots.
+    """
+
+    query: Tensor  # (..., N) V^Q
+    shots: Tensor  # (..., K, N) pooled support shots
+    query_positions: int  # h * w of the query activations
+    support_positions: int  # h' * w' of the support activations
+
+    @property
+    def support(self) -> Tensor:
+        """(..., N) V^S, the mean of the K pooled shots (Eq. 1)."""
+        return self.shots.mean(dim=-2)
+
+
+@dataclass
+class PairFeatures:
+    r"""What the engine knows about a batch of pairs after the forward passes.
+
+    ``G`` is 1 when one support is shared by all B queries (its features are
+    computed once and broadcast) and B when each query has its own support.
+    Activations and vectors are float32 (float64 if the activations are).
+    """
+
+    query: Tensor  # (B, N, h, w) query activations
+    support: Tensor  # (G, K, N, h', w') support activations
+    query_vectors: Tensor  # (B, N) pooled query activations, V^Q
+    shot_vectors: Tensor  # (G, K, N) pooled support shots
+    query_gradients: Optional[Tensor] = None  # (B, N, h, w), gradient members
+    support_gradients: Optional[Tensor] = None  # (B, K, N, h', w')
+
+    @property
+    def batch_size(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def shots(self) -> int:
+        return self.support.shape[1]
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        return self.query.dtype
+
+    def pooled(self) -> PooledPair:
+        return PooledPair(
+            self.query_vectors,
+            self.shot_vectors,
+            self.query.shape[-2] * self.query.shape[-1],
+            self.support.shape[-2] * self.support.shape[-1],
+        )
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Where and how a member reads the model: the captured layer's setup."""
+
+    forward_func: Callable[..., Any]
+    layer: Module
+    pooling: PoolingType
+    reshape_transform: Optional[ReshapeTransform]
+    device_ids: Optional[List[int]]
+    attribute_to_layer_input: bool
+    additional_forward_args: Any
+
+
+def to_grid(spec: LayerSpec, acts: Tuple[Tensor, ...], batch: int) -> Tensor:
+    """The layer's tensor as (B, N, h, w), after ``reshape_transform``."""
+    if len(acts) != 1:
+        raise ValueError(
+            f"the layer gives {len(acts)} tensors; pair attributions need a "
+            "layer with a single tensor output (or input)"
+        )
+    act = acts[0]
+    if spec.reshape_transform is not None:
+        act = spec.reshape_transform(act)
+        if not isinstance(act, Tensor):
+            raise TypeError("reshape_transform must return a Tensor")
+    if act.dim() != 4 or act.shape[0] != batch:
+        raise ValueError(
+            f"layer activations must be (B={batch}, N, h, w), got "
+            f"{tuple(act.shape)}; pass reshape_transform to turn them into "
+            "that layout (e.g. tokens of a vision transformer)"
+        )
+    if not act.is_floating_point():
+        raise TypeError(f"layer activations must be floating point, got {act.dtype}")
+    check_finite(act, "the layer activations")
+    return act
+
+
+def layer_activations(
+    spec: LayerSpec,
+    inputs: Tuple[Tensor, ...],
+    argument: str = "inputs",
+    batch_size: Optional[int] = None,
+) -> Tensor:
+    """(B, N, h, w) activations of the layer, forward only.
+
+    With ``batch_size``, the inputs go through the network in batches of that
+    many examples, so only one batch's intermediate tensors are alive at a
+    time. ``argument`` names the inputs in error messages.
+    """
+    total = inputs[0].shape[0]
+    step = batch_size or total
+    parts = []
+    for start in range(0, total, step):
+        chunk = tuple(t[start : start + step] for t in inputs)
+        acts = capture_activations(
+            spec.forward_func, spec.layer, chunk, spec.additional_forward_args,
+            spec.attribute_to_layer_input, spec.device_ids, argument,
+        )  # fmt: skip
+        parts.append(to_grid(spec, acts, chunk[0].shape[0]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def pair_features(
+    spec: LayerSpec,
+    query: Tensor,
+    others: Tensor,
+    groups: int,
+    shots: int,
+    argument: str,
+) -> PairFeatures:
+    """Pool (B, N, h, w) query and (G*K, N, h', w') activations of ``argument``."""
+    if others.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"{argument} gives {others.shape[1]} channels at the layer, inputs "
+            f"give {query.shape[1]}"
+        )
+    dtype = compute_dtype(query, others)
+    query, others = query.to(dtype), others.to(dtype)
+    return PairFeatures(
+        query=query,
+        support=others.reshape(groups, shots, *others.shape[1:]),
+        query_vectors=pool(query, spec.pooling),
+        shot_vectors=pool(others, spec.pooling).reshape(groups, shots, -1),
+    )
