@@ -2,7 +2,7 @@ r"""SimilarityTarget: make any Captum method explain a metric-learning model."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,47 @@ COSINE_EPS = 1e-8
 def flatten_embeddings(embeddings: Tensor) -> Tensor:
     """(B, ...) model outputs -> (B, D) embeddings."""
     return embeddings.reshape(embeddings.shape[0], -1)
+
+
+def embed(
+    model: Callable[..., Any],
+    images: Tensor,
+    additional_forward_args: Optional[Any] = None,
+) -> Tensor:
+    """(B, D) embeddings of ``images`` (B, ...), without recording a graph."""
+    args = additional_forward_args
+    if args is None:
+        args = ()
+    elif not isinstance(args, tuple):
+        args = (args,)
+    with torch.no_grad():
+        return flatten_embeddings(model(images, *args))
+
+
+def prototypes(
+    model: Callable[..., Any],
+    support: Tensor,
+    additional_forward_args: Optional[Any] = None,
+) -> Tensor:
+    r"""Class prototypes: the mean embedding of each class's K shots.
+
+    ``support`` is (R, K, C, H, W), K shots of each of R classes, or
+    (R, C, H, W) for one shot each; returns (R, D), from one batched forward
+    without a graph.
+    """
+    if not isinstance(support, Tensor) or not support.is_floating_point():
+        raise TypeError("support must be a floating point Tensor")
+    if support.dim() == 4:
+        support = support.unsqueeze(1)
+    if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
+        raise ValueError(
+            f"support must be (R, K, C, H, W) with R, K >= 1, got "
+            f"{tuple(support.shape)}"
+        )
+    check_finite(support, "support")
+    classes, shots = support.shape[:2]
+    emb = embed(model, support.flatten(0, 1), additional_forward_args)
+    return emb.reshape(classes, shots, -1).mean(dim=1)
 
 
 def similarity_matrix(embeddings: Tensor, references: Tensor, metric: str) -> Tensor:
@@ -139,26 +180,8 @@ class SimilarityTarget(Module):
             the means of the K embeddings of each class (computed under
             ``torch.no_grad()`` in one batched forward).
         """
-        if not isinstance(support, Tensor) or not support.is_floating_point():
-            raise TypeError("support must be a floating point Tensor")
-        if support.dim() == 4:
-            support = support.unsqueeze(1)
-        if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
-            raise ValueError(
-                f"support must be (R, K, C, H, W) with R, K >= 1, got "
-                f"{tuple(support.shape)}"
-            )
-        check_finite(support, "support")
-        classes, shots = support.shape[:2]
-        args = additional_forward_args
-        if args is None:
-            args = ()
-        elif not isinstance(args, tuple):
-            args = (args,)
-        with torch.no_grad():
-            emb = embedding_model(support.flatten(0, 1), *args)
-        emb = flatten_embeddings(emb).reshape(classes, shots, -1).mean(dim=1)
-        return cls(embedding_model, emb, metric=metric)
+        references = prototypes(embedding_model, support, additional_forward_args)
+        return cls(embedding_model, references, metric=metric)
 
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
         emb = flatten_embeddings(self.embedding_model(inputs, *args))
