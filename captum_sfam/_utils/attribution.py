@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
-from captum.attr._utils.attribution import LayerAttribution
+from captum.attr import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
@@ -162,6 +162,18 @@ class PairAttribution(LayerAttribution):
             self.device_ids, to_layer_input, additional_forward_args,
         )  # fmt: skip
 
+    def _pair_features(
+        self,
+        inputs: TensorOrTuple,
+        support: TensorOrTuple,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+    ) -> PairFeatures:
+        """Check and format the arguments of a call, then run the model."""
+        args = format_additional_forward_args(additional_forward_args)
+        spec = self._spec(args, attribute_to_layer_input)
+        return self._features(spec, format_inputs(inputs), support)
+
     def _features(
         self, spec: LayerSpec, inputs: Tuple[Tensor, ...], support: TensorOrTuple
     ) -> PairFeatures:
@@ -249,10 +261,9 @@ class PairAttribution(LayerAttribution):
             >>> q_maps, s_maps = sfam.attribute(
             ...     queries, support, return_support_attributions=True)
         """
-        formatted = format_inputs(inputs)
-        args = format_additional_forward_args(additional_forward_args)
-        spec = self._spec(args, attribute_to_layer_input)
-        features = self._features(spec, formatted, support)
+        features = self._pair_features(
+            inputs, support, additional_forward_args, attribute_to_layer_input
+        )
         query_weights, shot_weights = self._weights(features)
         dtype, relu = features.output_dtype, relu_attributions
         with torch.no_grad():
@@ -393,10 +404,9 @@ class PairAttribution(LayerAttribution):
             activations, and support weights of shape (B, K, N), which multiply
             each support image's activations.
         """
-        formatted = format_inputs(inputs)
-        args = format_additional_forward_args(additional_forward_args)
-        spec = self._spec(args, attribute_to_layer_input)
-        features = self._features(spec, formatted, support)
+        features = self._pair_features(
+            inputs, support, additional_forward_args, attribute_to_layer_input
+        )
         query_weights, shot_weights = self._weights(features)
         batch, shots = features.batch_size, features.shots
         channels, dtype = features.query.shape[1], features.output_dtype

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
-from captum.attr._utils.attribution import GradientAttribution
+from captum.attr import GradientAttribution
 from torch import Tensor
 from torch.nn import Module
 

@@ -11,10 +11,9 @@ from torch import Tensor
 from torch.nn import Linear, Module
 
 from .._utils.attribution import PairAttribution
-from .._utils.captum_compat import format_additional_forward_args
 from .._utils.checks import PoolingType
 from .._utils.features import PooledPair, ReshapeTransform
-from .._utils.formatting import TensorOrTuple, format_inputs
+from .._utils.formatting import TensorOrTuple
 
 #: point-to-point scores (pairs x query positions x support positions) built at once
 MAX_BLOCK_ELEMENTS = 1 << 24
@@ -218,10 +217,9 @@ class LayerDecomposition(PairAttribution):
             of query point (i, j); ``result[b, ..., k, x, y]`` the map on the
             query of support point (x, y).
         """
-        formatted = format_inputs(inputs)
-        args = format_additional_forward_args(additional_forward_args)
-        spec = self._spec(args, attribute_to_layer_input)
-        features = self._features(spec, formatted, support)
+        features = self._pair_features(
+            inputs, support, additional_forward_args, attribute_to_layer_input
+        )
         query, shots = features.query, features.support
         head, pooling = self._head(query.shape[1]), str(self.pooling)
         with torch.no_grad():
