@@ -42,6 +42,7 @@ from .features import (
     ReshapeTransform,
     layer_activations,
     pair_features,
+    query_and_other_activations,
 )
 from .formatting import TensorOrTuple, format_gallery, format_inputs, format_support
 from .maps import finalize_maps, weighted_sum
@@ -179,8 +180,7 @@ class PairAttribution(LayerAttribution):
     ) -> PairFeatures:
         """Forward-only activations and pooled vectors of queries and support."""
         flat, groups, shots = format_support(inputs, support)
-        query = layer_activations(spec, inputs, "inputs")
-        others = layer_activations(spec, flat, "support")
+        query, others = query_and_other_activations(spec, inputs, flat, "support")
         return pair_features(spec, query, others, groups, shots, "support")
 
     def layer_activations(
@@ -343,12 +343,10 @@ class PairAttribution(LayerAttribution):
         per_item_shots = first.dim() > formatted[0].dim()
         args = format_additional_forward_args(additional_forward_args)
         spec = self._spec(args, attribute_to_layer_input)
-        features = pair_features(
-            spec,
-            layer_activations(spec, formatted, "inputs", forward_batch_size),
-            layer_activations(spec, flat, "gallery", forward_batch_size),
-            items, shots, "gallery",
-        )  # fmt: skip
+        query, others = query_and_other_activations(
+            spec, formatted, flat, "gallery", forward_batch_size
+        )
+        features = pair_features(spec, query, others, items, shots, "gallery")
         pooled, dtype = features.pooled(), features.output_dtype
         query, gal = features.query, features.support.unsqueeze(0)
         channels = query.shape[1]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .capture import capture_activations
+from .capture import capture_activations, runs_in_eval_mode
 from .checks import PoolingType, check_finite, compute_dtype
 from .maps import pool
 
@@ -132,6 +132,43 @@ def layer_activations(
         )  # fmt: skip
         parts.append(to_grid(spec, acts, chunk[0].shape[0]))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def query_and_other_activations(
+    spec: LayerSpec,
+    inputs: Tuple[Tensor, ...],
+    others: Tuple[Tensor, ...],
+    argument: str,
+    batch_size: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Layer activations of the queries and of ``others`` (support or gallery).
+
+    One forward pass for both when that cannot change the result: the model in
+    eval mode (no batch statistics), no ``device_ids``, and image tensors of the
+    same shape, dtype and device. Otherwise, or when the joint pass fails, one
+    pass each, so that an error names the argument it comes from.
+    """
+    joint = (
+        spec.device_ids is None
+        and runs_in_eval_mode(spec.forward_func)
+        and all(
+            a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
+            for a, b in zip(inputs, others)
+        )
+    )
+    if joint:
+        both = tuple(torch.cat([a, b]) for a, b in zip(inputs, others))
+        try:
+            acts = layer_activations(spec, both, f"inputs and {argument}", batch_size)
+        except ValueError:
+            pass  # run them apart below, for an error that names its argument
+        else:
+            batch = inputs[0].shape[0]
+            return acts[:batch], acts[batch:]
+    return (
+        layer_activations(spec, inputs, "inputs", batch_size),
+        layer_activations(spec, others, argument, batch_size),
+    )
 
 
 def pair_features(
