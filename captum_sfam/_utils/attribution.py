@@ -34,6 +34,7 @@ from .checks import (
     check_metric,
     check_pooling,
     check_positive_int,
+    deferred_checks,
 )
 from .features import (
     LayerSpec,
@@ -183,6 +184,7 @@ class PairAttribution(LayerAttribution):
         query, others = query_and_other_activations(spec, inputs, flat, "support")
         return pair_features(spec, query, others, groups, shots, "support")
 
+    @deferred_checks()
     def layer_activations(
         self,
         inputs: TensorOrTuple,
@@ -197,6 +199,7 @@ class PairAttribution(LayerAttribution):
         return layer_activations(spec, format_inputs(inputs), "inputs", batch_size)
 
     @log_usage(part_of_slo=True)
+    @deferred_checks()
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -276,6 +279,7 @@ class PairAttribution(LayerAttribution):
             shot_maps = shot_maps.expand(features.batch_size, *shot_maps.shape[1:])
             return query_maps, finalize_maps(shot_maps, relu, dtype).unsqueeze(2)
 
+    @deferred_checks()
     def attribute_pairs(
         self,
         inputs: TensorOrTuple,
@@ -383,6 +387,7 @@ class PairAttribution(LayerAttribution):
             gallery_maps = gallery_maps.squeeze(2)
         return query_maps.unsqueeze(2), gallery_maps
 
+    @deferred_checks()
     def channel_weights(
         self,
         inputs: TensorOrTuple,

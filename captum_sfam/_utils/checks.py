@@ -2,7 +2,9 @@ r"""Argument checks shared by the whole package."""
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import contextlib
+import contextvars
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -45,13 +47,67 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float32
 
 
-def check_finite(tensor: Tensor, name: str) -> None:
-    # A NaN or inf anywhere makes the sum non-finite, and a sum allocates no
-    # tensor of the input's size; only then (or on overflow) check elementwise.
-    if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+#: the data checks of the explanation call in progress: (failed?, message)
+_DEFERRED: contextvars.ContextVar[Optional[List[Tuple[Tensor, str]]]] = (
+    contextvars.ContextVar("captum_sfam_deferred_checks", default=None)
+)
+
+
+def require(failed: Tensor, message: str) -> None:
+    """Raise ``ValueError(message)`` if the 0-d bool tensor ``failed`` is true.
+
+    Inside :func:`deferred_checks` nothing is read from the device here: the
+    flag is kept and every flag of the call is read at once at its end, so an
+    explanation synchronises the host with the GPU once, not once per check.
+    """
+    pending = _DEFERRED.get()
+    if pending is not None:
+        pending.append((failed, message))
+    elif bool(failed):
+        raise ValueError(message)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Collect the :func:`require` checks of a block; raise the first that failed.
+
+    One host synchronisation for the whole block (none when it is nested in
+    another). Errors raised inside the block come after the checks that
+    failed before them, so the reported cause stays the first one.
+    """
+    if _DEFERRED.get() is not None:  # nested: the outer block reads the flags
+        yield
         return
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
+    pending: List[Tuple[Tensor, str]] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield
+    except Exception:
+        _DEFERRED.reset(token)
+        _raise_first(pending)
+        raise
+    _DEFERRED.reset(token)
+    _raise_first(pending)
+
+
+def _raise_first(pending: List[Tuple[Tensor, str]]) -> None:
+    if not pending:
+        return
+    flags = torch.stack([failed.reshape(()).to(torch.bool) for failed, _ in pending])
+    if bool(flags.any()):  # the one host synchronisation
+        first = int(flags.to(torch.uint8).argmax())
+        raise ValueError(pending[first][1])
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    """``ValueError`` naming ``name`` if ``tensor`` holds a NaN or an inf."""
+    if tensor.numel() == 0:
+        return
+    if tensor.dtype == torch.float64 or not tensor.is_floating_point():
+        finite = torch.isfinite(tensor).all()
+    else:  # a float64 sum cannot overflow and allocates no input-sized mask
+        finite = torch.isfinite(tensor.sum(dtype=torch.float64))
+    require(~finite, f"{name} contains NaN or inf values")
 
 
 def check_vectors(x: object, name: str) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import PoolingType, check_finite
+from .checks import PoolingType, check_finite, require
 
 
 def pool(activations: Tensor, pooling: PoolingType) -> Tensor:
@@ -50,9 +50,9 @@ def finalize_maps(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
     if relu:
         maps = F.relu(maps)
     maps = maps.to(dtype).contiguous()  # no stride-0 views of a shared support
-    if not bool(torch.isfinite(maps).all()):
-        raise ValueError(
-            "the attribution overflowed (activations too large for "
-            f"{dtype}); rescale the model's activations"
-        )
+    require(
+        ~torch.isfinite(maps).all(),
+        "the attribution overflowed (activations too large for "
+        f"{dtype}); rescale the model's activations",
+    )
     return maps

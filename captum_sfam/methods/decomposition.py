@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn import Linear, Module
 
 from .._utils.attribution import PairAttribution
-from .._utils.checks import PoolingType
+from .._utils.checks import PoolingType, deferred_checks
 from .._utils.features import PooledPair, ReshapeTransform
 from .._utils.formatting import TensorOrTuple
 
@@ -196,6 +196,7 @@ class LayerDecomposition(PairAttribution):
         head = self._head(query.shape[-3])
         return decomposition_maps(query, support, str(self.pooling), head)
 
+    @deferred_checks()
     def point_to_point(
         self,
         inputs: TensorOrTuple,

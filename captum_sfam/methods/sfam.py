@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._utils.attribution import PairAttribution
-from .._utils.checks import check_metric, check_vectors, compute_dtype
+from .._utils.checks import check_metric, check_vectors, compute_dtype, require
 from .._utils.features import PooledPair
 
 #: unit vectors closer than this (max abs difference) count as parallel, D = 0
@@ -18,11 +18,10 @@ PARALLEL_TOL = 1e-12
 def _unit(v: Tensor, name: str) -> Tensor:
     """L2-normalise along the last dim (float64, overflow-safe); zero -> error."""
     scale = v.abs().amax(dim=-1, keepdim=True)
-    if bool((scale == 0).any()):
-        raise ValueError(
-            f"{name} contains a zero vector: cosine similarity (Eq. 5) is "
-            "undefined for it"
-        )
+    require(
+        (scale == 0).any(),
+        f"{name} contains a zero vector: cosine similarity (Eq. 5) is undefined for it",
+    )
     v = v / scale
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._utils.attribution import PairAttribution
+from .._utils.checks import require
 from .._utils.features import PooledPair
 
 
@@ -29,11 +30,11 @@ def similarity_gradients(
         return -2.0 * diff, 2.0 * diff
     q_norm = torch.linalg.vector_norm(query_vectors, dim=-1, keepdim=True)
     s_norm = torch.linalg.vector_norm(support_vectors, dim=-1, keepdim=True)
-    if bool((q_norm == 0).any()) or bool((s_norm == 0).any()):
-        raise ValueError(
-            "a pooled query or support vector is zero: its cosine similarity "
-            "and gradient are undefined"
-        )
+    require(
+        (q_norm == 0).any() | (s_norm == 0).any(),
+        "a pooled query or support vector is zero: its cosine similarity "
+        "and gradient are undefined",
+    )
     q_unit, s_unit = query_vectors / q_norm, support_vectors / s_norm
     cos = (q_unit * s_unit).sum(dim=-1, keepdim=True)
     return (s_unit - cos * q_unit) / q_norm, (q_unit - cos * s_unit) / s_norm
