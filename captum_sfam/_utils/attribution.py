@@ -146,13 +146,18 @@ class PairAttribution(LayerAttribution):
         support: Tensor,
         query_weights: Tensor,
         shot_weights: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
+        with_support: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         """Query maps (..., h, w) and shot maps (..., K, h', w'), Eq. 3.
 
         query (..., N, h, w) and support (..., K, N, h', w') activations; the
-        leading dimensions of all four tensors broadcast.
+        leading dimensions of all four tensors broadcast. Shot maps are None
+        unless ``with_support``.
         """
-        return weighted_sum(query_weights, query), weighted_sum(shot_weights, support)
+        query_maps = weighted_sum(query_weights, query)
+        if not with_support:
+            return query_maps, None
+        return query_maps, weighted_sum(shot_weights, support)
 
     # -- orchestration --------------------------------------------------------
     def _weights(self, features: PairFeatures) -> Tuple[Tensor, Tensor]:
@@ -271,10 +276,11 @@ class PairAttribution(LayerAttribution):
         dtype, relu = features.output_dtype, relu_attributions
         with torch.no_grad():
             query_maps, shot_maps = self._pair_maps(
-                features.query, features.support, query_weights, shot_weights
-            )
+                features.query, features.support, query_weights, shot_weights,
+                with_support=return_support_attributions,
+            )  # fmt: skip
             query_maps = finalize_maps(query_maps, relu, dtype).unsqueeze(1)
-            if not return_support_attributions:
+            if shot_maps is None or not return_support_attributions:
                 return query_maps
             shot_maps = shot_maps.expand(features.batch_size, *shot_maps.shape[1:])
             return query_maps, finalize_maps(shot_maps, relu, dtype).unsqueeze(2)
@@ -369,11 +375,13 @@ class PairAttribution(LayerAttribution):
                     )
                 )
                 query_maps, gallery_maps = self._pair_maps(
-                    query[chunk].unsqueeze(1), gal, *weights
-                )
+                    query[chunk].unsqueeze(1), gal, *weights,
+                    with_support=return_gallery_attributions,
+                )  # fmt: skip
                 size = (query[chunk].shape[0], items)
                 query_out.append(query_maps.expand(*size, *query_maps.shape[2:]))
                 if return_gallery_attributions:
+                    assert gallery_maps is not None
                     gallery_out.append(
                         gallery_maps.expand(*size, *gallery_maps.shape[2:])
                     )

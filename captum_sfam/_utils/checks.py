@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -47,35 +48,41 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float32
 
 
-#: the data checks of the explanation call in progress: (failed?, message)
+#: the data checks of the call in progress: (a 0-d value that must be finite, message)
 _DEFERRED: contextvars.ContextVar[Optional[List[Tuple[Tensor, str]]]] = (
     contextvars.ContextVar("captum_sfam_deferred_checks", default=None)
 )
 
 
-def require(failed: Tensor, message: str) -> None:
-    """Raise ``ValueError(message)`` if the 0-d bool tensor ``failed`` is true.
+def _require_finite(value: Tensor, message: str) -> None:
+    """``ValueError(message)`` unless the 0-d ``value`` is finite (maybe later).
 
     Inside :func:`deferred_checks` nothing is read from the device here: the
-    flag is kept and every flag of the call is read at once at its end, so an
-    explanation synchronises the host with the GPU once, not once per check.
+    value is kept and all the values of the call are checked at once at its
+    end, so an explanation synchronises the host with the GPU once, not once
+    per check.
     """
     pending = _DEFERRED.get()
     if pending is not None:
-        pending.append((failed, message))
-    elif bool(failed):
+        pending.append((value, message))
+    elif not bool(torch.isfinite(value)):
         raise ValueError(message)
+
+
+def require(failed: Tensor, message: str) -> None:
+    """``ValueError(message)`` if the bool tensor ``failed`` (0-d) is true."""
+    _require_finite(torch.where(failed, math.inf, 0.0), message)
 
 
 @contextlib.contextmanager
 def deferred_checks() -> Iterator[None]:
-    """Collect the :func:`require` checks of a block; raise the first that failed.
+    """Collect the data checks of a block and raise the first one that failed.
 
     One host synchronisation for the whole block (none when it is nested in
     another). Errors raised inside the block come after the checks that
     failed before them, so the reported cause stays the first one.
     """
-    if _DEFERRED.get() is not None:  # nested: the outer block reads the flags
+    if _DEFERRED.get() is not None:  # nested: the outer block reads the values
         yield
         return
     pending: List[Tuple[Tensor, str]] = []
@@ -93,21 +100,23 @@ def deferred_checks() -> Iterator[None]:
 def _raise_first(pending: List[Tuple[Tensor, str]]) -> None:
     if not pending:
         return
-    flags = torch.stack([failed.reshape(()).to(torch.bool) for failed, _ in pending])
-    if bool(flags.any()):  # the one host synchronisation
-        first = int(flags.to(torch.uint8).argmax())
+    values = torch.stack([v.reshape(()).to(torch.float64) for v, _ in pending])
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):  # the one host synchronisation
+        first = int((~finite).to(torch.uint8).argmax())
         raise ValueError(pending[first][1])
 
 
-def check_finite(tensor: Tensor, name: str) -> None:
-    """``ValueError`` naming ``name`` if ``tensor`` holds a NaN or an inf."""
+def check_finite(tensor: Tensor, name: str, message: Optional[str] = None) -> None:
+    """``ValueError`` naming ``name`` (or saying ``message``) if ``tensor``
+    holds a NaN or an inf."""
     if tensor.numel() == 0:
         return
     if tensor.dtype == torch.float64 or not tensor.is_floating_point():
-        finite = torch.isfinite(tensor).all()
+        value = torch.where(torch.isfinite(tensor).all(), 0.0, math.inf)
     else:  # a float64 sum cannot overflow and allocates no input-sized mask
-        finite = torch.isfinite(tensor.sum(dtype=torch.float64))
-    require(~finite, f"{name} contains NaN or inf values")
+        value = tensor.sum(dtype=torch.float64)
+    _require_finite(value, message or f"{name} contains NaN or inf values")
 
 
 def check_vectors(x: object, name: str) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import PoolingType, check_finite, require
+from .checks import PoolingType, check_finite
 
 
 def pool(activations: Tensor, pooling: PoolingType) -> Tensor:
@@ -50,8 +50,9 @@ def finalize_maps(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
     if relu:
         maps = F.relu(maps)
     maps = maps.to(dtype).contiguous()  # no stride-0 views of a shared support
-    require(
-        ~torch.isfinite(maps).all(),
+    check_finite(
+        maps,
+        "the attribution",
         "the attribution overflowed (activations too large for "
         f"{dtype}); rescale the model's activations",
     )

@@ -192,7 +192,8 @@ class LayerDecomposition(PairAttribution):
         support: Tensor,
         query_weights: Tensor,
         shot_weights: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
+        with_support: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         head = self._head(query.shape[-3])
         return decomposition_maps(query, support, str(self.pooling), head)
 
