@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from captum_sfam.datasets import CUB200
+from captum_sfam.demo.datasets import CUB200
 
 
 @pytest.fixture
@@ -72,6 +73,9 @@ def test_errors(cub, tmp_path):
 
 
 def test_transform_is_applied(cub):
+    plain = CUB200(cub, split="fewshot-test", size=16)
     data = CUB200(cub, split="fewshot-test", size=16, transform=lambda x: x * 2 - 1)
-    image, _, _ = data[0]
-    assert float(image.min()) >= -1.0 and image.shape == (3, 16, 16)
+    image, label, box = data[0]
+    expected, plain_label, plain_box = plain[0]
+    assert image.shape == (3, 16, 16) and (label, box) == (plain_label, plain_box)
+    torch.testing.assert_close(image, expected * 2 - 1)

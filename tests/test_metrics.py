@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TinyCNN, images
 from hypothesis import given
 from hypothesis import strategies as st
-from models import TinyCNN, images
 
 from captum_sfam import LayerSFAM
 from captum_sfam.metrics import (

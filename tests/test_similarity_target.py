@@ -1,19 +1,24 @@
-"""SimilarityTarget: Captum's methods on a metric-learning model."""
+"""SimilarityTarget: every Captum method on similarity models."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
+from captum.attr import (
+    IntegratedGradients,
+    LayerGradCam,
+    Occlusion,
+)
+from helpers import (
+    embedder,
+    images,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import PooledEmbedding, TinyCNN, images
 
-from captum_sfam import SimilarityTarget
-
-
-def embedder():
-    return PooledEmbedding(TinyCNN(channels=6)).eval()
+from captum_sfam import (
+    SimilarityTarget,
+)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -101,13 +106,25 @@ def test_integrated_gradients_completeness_on_similarity():
     assert abs(float(delta)) <= 0.01 * abs(float(gap))
 
 
+class BrightnessEmbedding(torch.nn.Module):
+    """Embeds an image to (relu(mean - 0.5), relu(mean - 0.5)) per channel:
+    exactly the zero vector for a black image."""
+
+    def forward(self, x):
+        return torch.relu(x.mean(dim=(2, 3)) - 0.5)
+
+
 def test_zero_embedding_has_zero_cosine_not_nan():
-    emb = embedder()
-    target = SimilarityTarget(emb, torch.randn(2, 6))
-    # a black image through a ReLU model with negative biases can embed to 0
+    target = SimilarityTarget(BrightnessEmbedding(), torch.randn(2, 3))
+    black = torch.zeros(1, 3, 16, 16)
+    assert (BrightnessEmbedding()(black) == 0).all()  # the case under test
     with torch.no_grad():
-        out = target(torch.zeros(1, 3, 16, 16))
-    assert torch.isfinite(out).all()
+        out = target(black)
+    torch.testing.assert_close(out, torch.zeros(1, 2))
+    # and its gradient (what IG and Grad-CAM take) is finite too
+    x = black.clone().requires_grad_(True)
+    target(x)[0, 0].backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_bad_arguments():

@@ -1,17 +1,38 @@
-"""Property tests of the SFAM equations (Eq. 2, 4, 5, 7 of arXiv 2506.01636)."""
+"""LayerSFAM and the SFAM equations (Eq. 1-7 of arXiv 2506.01636).
+
+Property tests of the equations, a slow reference, SFAM-specific behaviour."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    CastTo,
+    NaNLayer,
+    TinyCNN,
+    acts,
+    images,
+    slow_sfam,
+    small_vit,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch import nn
 
-from captum_sfam import channel_importance, minmax_normalize, weight_spread
+from captum_sfam import (
+    LayerSFAM,
+    channel_importance,
+    minmax_normalize,
+    tokens_to_grid,
+    weight_spread,
+)
+from captum_sfam._utils.attribution import weighted_sum
 
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+
+
 METRIC = st.sampled_from(["euclidean", "cosine"])
 
 
@@ -233,3 +254,184 @@ def test_weight_spread_counts_fractions(values):
     for t in (0.5, 0.9):
         expected = (values > t).mean(axis=1)
         np.testing.assert_allclose(spread[t].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("negative", [False, True])
+def test_matches_slow_reference_implementation(metric, negative):
+    model = TinyCNN(negative=negative).eval()
+    q = images(3, 3, 20, 20, seed=1)
+    s = images(3, 2, 3, 20, 20, seed=2)  # per-query 2-shot supports
+    sfam = LayerSFAM(model, model.features, metric=metric)
+    q_maps, s_maps = sfam.attribute(q, s, return_support_attributions=True)
+    assert q_maps.shape == (3, 1, 10, 10) and s_maps.shape == (3, 2, 1, 10, 10)
+    for b in range(3):
+        ref_q, ref_s, ref_w = slow_sfam(
+            acts(model, q[b : b + 1])[0].numpy(),
+            [acts(model, s[b, k : k + 1])[0].numpy() for k in range(2)],
+            metric,
+        )
+        np.testing.assert_allclose(q_maps[b, 0].numpy(), ref_q, rtol=1e-4, atol=1e-5)
+        for k in range(2):
+            np.testing.assert_allclose(
+                s_maps[b, k, 0].numpy(), ref_s[k], rtol=1e-4, atol=1e-5
+            )
+        qw, sw = sfam.channel_weights(q[b : b + 1], s[b : b + 1])
+        np.testing.assert_allclose(qw[0].numpy(), ref_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sw[0, 1].numpy(), ref_w, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=15)
+@given(
+    st.integers(1, 4), st.integers(0, 10_000), st.sampled_from(["euclidean", "cosine"])
+)
+def test_k_shot_equals_single_support_with_mean_vector(shots, seed, metric):
+    """K-shot weights = weights of one support whose pooled vector is the mean."""
+    model = TinyCNN().eval()
+    q = images(2, 3, 12, 12, seed=seed)
+    s = images(shots, 3, 12, 12, seed=seed + 1)
+    sfam = LayerSFAM(model, model.features, metric=metric)
+    qw, _ = sfam.channel_weights(q, s)
+    mean_vector = acts(model, s).mean(dim=(2, 3)).mean(dim=0)
+    expected = minmax_normalize(
+        channel_importance(acts(model, q).mean(dim=(2, 3)), mean_vector, metric)
+    )
+    torch.testing.assert_close(qw, expected, rtol=1e-5, atol=1e-6)
+
+
+@given(
+    arrays(np.float32, (2, 5), elements=st.floats(0, 1, width=32)),
+    arrays(np.float32, (2, 5, 3, 3), elements=st.floats(-10, 10, width=32)),
+    arrays(np.float32, (2, 5, 3, 3), elements=st.floats(-10, 10, width=32)),
+    st.floats(-3, 3, width=32),
+    st.floats(-3, 3, width=32),
+)
+def test_map_is_linear_in_activations_for_fixed_weights(w, a, b, alpha, beta):
+    w, a, b = map(torch.from_numpy, (w, a, b))
+    lhs = weighted_sum(w, alpha * a + beta * b)
+    rhs = alpha * weighted_sum(w, a) + beta * weighted_sum(w, b)
+    torch.testing.assert_close(lhs, rhs, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_half_precision_activations_give_float32_weights_and_maps(dtype, metric):
+    base = TinyCNN().eval()
+    half = nn.Sequential(base.stem, base.features, CastTo(dtype)).eval()
+    full = nn.Sequential(base.stem, base.features, CastTo(dtype), CastTo(torch.float32))
+    q, s = images(2, 3, 16, 16, seed=5), images(2, 3, 16, 16, seed=6)
+    w_half, _ = LayerSFAM(half, half[2], metric=metric).channel_weights(q, s)
+    w_full, _ = LayerSFAM(full, full[3], metric=metric).channel_weights(q, s)
+    assert w_half.dtype == torch.float32
+    torch.testing.assert_close(w_half, w_full, rtol=1e-5, atol=1e-6)
+    maps = LayerSFAM(half, half[2], metric=metric).attribute(q, s)
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+
+
+def test_float64_model_gives_float64_maps():
+    model = TinyCNN().double().eval()
+    q, s = images(2, 3, 16, 16).double(), images(1, 3, 16, 16, seed=9).double()
+    out = LayerSFAM(model, model.features).attribute(q, s)
+    assert out.dtype == torch.float64
+
+
+def test_identical_pair_gives_plain_activation_sum():
+    model = TinyCNN().eval()
+    q = images(1, 3, 16, 16)
+    sfam = LayerSFAM(model, model.features)
+    qw, _ = sfam.channel_weights(q, q)
+    assert bool((qw == 1).all())
+    torch.testing.assert_close(sfam.attribute(q, q)[:, 0], acts(model, q).sum(dim=1))
+
+
+def test_single_channel_layer_raises():
+    model = TinyCNN(channels=1).eval()
+    with pytest.raises(ValueError, match="N = 1"):
+        LayerSFAM(model, model.features).attribute(
+            images(1, 3, 8, 8), images(1, 3, 8, 8)
+        )
+
+
+def test_zero_pooled_vector_with_cosine_raises():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    sfam = LayerSFAM(model, model[1], metric="cosine")
+    with pytest.raises(ValueError, match="zero vector"):
+        sfam.attribute(-torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4))
+    # Euclidean is defined for it
+    out = LayerSFAM(model, model[1]).attribute(
+        -torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    )
+    assert torch.isfinite(out).all()
+
+
+def test_nan_activations_raise():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), NaNLayer()).eval()
+    with pytest.raises(ValueError, match="activations"):
+        LayerSFAM(model, model[1]).attribute(
+            images(1, 3, 4, 4), images(1, 3, 4, 4, seed=2)
+        )
+
+
+def test_pooling_max_and_callable():
+    model = TinyCNN().eval()
+    q, s = images(2, 3, 16, 16), images(1, 3, 16, 16, seed=3)
+    by_name = LayerSFAM(model, model.features, pooling="max").attribute(q, s)
+    by_fn = LayerSFAM(
+        model, model.features, pooling=lambda a: a.flatten(2).amax(-1)
+    ).attribute(q, s)
+    torch.testing.assert_close(by_name, by_fn)
+    bad = LayerSFAM(model, model.features, pooling=lambda a: a.mean(1))
+    with pytest.raises(ValueError, match="pooling"):
+        bad.attribute(q, s)
+
+
+def test_relu_attributions():
+    model = TinyCNN(negative=True).eval()
+    q, s = images(2, 3, 16, 16), images(1, 3, 16, 16, seed=3)
+    sfam = LayerSFAM(model, model.features)
+    raw = sfam.attribute(q, s)
+    assert bool((raw < 0).any())
+    torch.testing.assert_close(
+        sfam.attribute(q, s, relu_attributions=True), raw.clamp(min=0)
+    )
+
+
+def test_vit_sfam_matches_manual_token_computation():
+    vit = small_vit()
+    layer = vit.encoder.layers[-1]
+    q, s = images(2, 3, 32, 32), images(1, 3, 32, 32, seed=1)
+    got = LayerSFAM(vit, layer, reshape_transform=tokens_to_grid(1)).attribute(q, s)
+    tokens = {}
+    handle = layer.register_forward_hook(lambda m, i, o: tokens.update(out=o))
+    with torch.no_grad():
+        vit(q)
+        tq = tokens["out"][:, 1:]  # (B, 16, 16) patch tokens
+        vit(s)
+        ts = tokens["out"][:, 1:]
+    handle.remove()
+    from captum_sfam import channel_importance, minmax_normalize
+
+    w = minmax_normalize(channel_importance(tq.mean(1), ts.mean(1)[0]))
+    expected = torch.einsum("bn,btn->bt", w, tq).reshape(2, 4, 4)
+    torch.testing.assert_close(got[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_support_equals_per_query_support_and_batching():
+    model = TinyCNN().eval()
+    q = images(4, 3, 16, 16, seed=3)
+    s = images(3, 3, 16, 16, seed=4)
+    sfam = LayerSFAM(model, model.features)
+    shared = sfam.attribute(q, s, return_support_attributions=True)
+    per_query = sfam.attribute(
+        q, s.unsqueeze(0).expand(4, -1, -1, -1, -1), return_support_attributions=True
+    )
+    one_by_one = [
+        sfam.attribute(q[i : i + 1], s, return_support_attributions=True)
+        for i in range(4)
+    ]
+    for a, b in zip(shared, per_query):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(shared[0], torch.cat([o[0] for o in one_by_one]))
+    torch.testing.assert_close(shared[1], torch.cat([o[1] for o in one_by_one]))

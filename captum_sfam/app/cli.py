@@ -18,23 +18,10 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .methods import REGISTRY, PairAttribution
-from .methods.cg_ram import LayerCGRAM
-from .methods.decomposition import LayerDecomposition
-from .methods.grad_fam import LayerGradFAM
-from .methods.ram import LayerRAM
-from .methods.sfam import LayerSFAM, weight_spread
-from .similarity import flatten_embeddings, paired_similarity
-from .methods.similarity_grad_cam import LayerSimilarityGradCam
+from ..methods import REGISTRY, PairAttribution
+from ..methods.sfam import LayerSFAM, weight_spread
+from ..similarity import embed, paired_similarity, prototypes
 
-METHODS = {
-    "sfam": (LayerSFAM, "SFAM"),
-    "simgradcam": (LayerSimilarityGradCam, "Similarity Grad-CAM"),
-    "cgram": (LayerCGRAM, "CG-RAM"),
-    "gradfam": (LayerGradFAM, "Grad-FAM"),
-    "ram": (LayerRAM, "RAM"),
-    "decomposition": (LayerDecomposition, "Decomposition"),
-}
 DEFAULT_LAYERS = {"efficientnet_lite0": "bn2"}
 
 
@@ -57,7 +44,7 @@ def load_model(name: str, weights: Optional[str]) -> Module:
     if name == "efficientnet_lite0":
         if weights:
             raise CLIError("--weights applies to torchvision models only")
-        from .pretrained import efficientnet_lite0
+        from ..demo.pretrained import efficientnet_lite0
 
         try:
             return efficientnet_lite0(embedding=True)
@@ -122,25 +109,27 @@ def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Modul
 def build_method(
     method: str, model: Module, layer: Module, metric: str
 ) -> PairAttribution:
-    if method not in METHODS:
-        raise CLIError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-    cls, _ = METHODS[method]
-    if cls is LayerDecomposition and metric != "cosine":
-        raise CLIError("decomposition is defined for --metric cosine only")
-    return cls(model, layer, metric=metric)
+    if method not in REGISTRY:
+        raise CLIError(f"unknown method {method!r}: one of {', '.join(REGISTRY)}")
+    member = REGISTRY[method]
+    if metric not in member.supported_metrics:
+        metrics = " or ".join(f"--metric {m}" for m in member.supported_metrics)
+        raise CLIError(f"{method} is defined for {metrics} only")
+    return member.cls(model, layer, metric=metric)
 
 
 def similarity(model: Module, query: Tensor, support: Tensor, metric: str) -> float:
-    with torch.no_grad():
-        q = flatten_embeddings(model(query))
-        s = flatten_embeddings(model(support)).mean(dim=0, keepdim=True)
-    return float(paired_similarity(q, s, metric)[0])
+    return float(
+        paired_similarity(
+            embed(model, query), prototypes(model, support[None]), metric
+        )[0]
+    )
 
 
 # ------------------------------------------------------------ commands -----
 def explain(args: argparse.Namespace) -> int:
-    from .pretrained import load_image, to_display
-    from .visualization import visualize_pair
+    from ..demo.pretrained import load_image, to_display
+    from ..visualization import visualize_pair
 
     paths = [args.query, *args.support]
     try:
@@ -158,7 +147,7 @@ def explain(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CLIError(str(error)) from error
     sim = similarity(model, query, support, args.metric)
-    name = METHODS[args.method][1]
+    name = REGISTRY[args.method].display_name
     print(f"{args.metric} similarity of {args.query} to the support: {sim:.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +169,12 @@ def _pair_summary(
 ) -> Tuple[Dict[str, Tuple[Tensor, Tensor]], List[str], float]:
     """Every method's maps for one pair, its summary line and its similarity."""
     results, lines = {}, []
-    for cls, label in METHODS.values():
-        method = cls(model, layer, metric="cosine")
+    for member in REGISTRY.values():
+        method = member.cls(model, layer, metric="cosine")
         q_map, s_maps = method.attribute(
             query, support, return_support_attributions=True
         )
-        results[label] = (q_map[0], s_maps[0])
+        results[member.display_name] = (q_map[0], s_maps[0])
     sfam = LayerSFAM(model, layer, metric="cosine")
     weights, _ = sfam.channel_weights(query, support)
     spread = weight_spread(weights)
@@ -207,14 +196,14 @@ def _half_share(query_map: Tensor, left: bool) -> float:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from .pretrained import (
+    from ..demo.pretrained import (
         efficientnet_lite0,
         preprocess,
         sample_images,
         side_by_side,
         to_display,
     )
-    from .visualization import compare_methods, visualize_pair
+    from ..visualization import compare_methods, visualize_pair
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -306,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p_exp.add_argument("--layer", help="dotted name of the layer to explain")
     p_exp.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    p_exp.add_argument("--method", default="sfam", help=", ".join(METHODS))
+    p_exp.add_argument("--method", default="sfam", help=", ".join(REGISTRY))
     p_exp.add_argument("--size", type=int, default=224, help="input size in pixels")
     p_exp.add_argument("--out", default="explanation.png", help="figure to write")
     p_exp.set_defaults(run=explain)

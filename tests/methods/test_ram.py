@@ -1,0 +1,70 @@
+"""LayerRAM: the three readings of RAM's weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    TinyCNN,
+    acts,
+    images,
+)
+
+from captum_sfam import (
+    LayerRAM,
+)
+
+
+@pytest.mark.parametrize("weighting", ["self", "other", "product"])
+def test_ram_matches_numpy_loops(weighting):
+    model = TinyCNN(negative=True).eval()
+    q, s = images(2, 3, 16, 16, seed=1), images(2, 3, 16, 16, seed=2)
+    q_maps, s_maps = LayerRAM(model, model.features, weighting=weighting).attribute(
+        q, s, return_support_attributions=True
+    )
+    aq, as_ = acts(model, q).double().numpy(), acts(model, s).double().numpy()
+    n = aq.shape[1]
+    vs_shots = [[as_[k, c].mean() for c in range(n)] for k in range(2)]
+    vs = [(vs_shots[0][c] + vs_shots[1][c]) / 2 for c in range(n)]
+    for b in range(2):
+        vq = [aq[b, c].mean() for c in range(n)]
+        wq = {"self": vq, "other": vs, "product": [x * y for x, y in zip(vq, vs)]}
+        ws = {
+            "self": vs_shots,
+            "other": [vq, vq],
+            "product": [wq["product"]] * 2,
+        }
+        exp_q = sum(wq[weighting][c] * aq[b, c] for c in range(n))
+        np.testing.assert_allclose(q_maps[b, 0].numpy(), exp_q, rtol=1e-4, atol=1e-5)
+        for k in range(2):
+            exp_s = sum(ws[weighting][k][c] * as_[k, c] for c in range(n))
+            np.testing.assert_allclose(
+                s_maps[b, k, 0].numpy(), exp_s, rtol=1e-4, atol=1e-5
+            )
+
+
+def test_ram_self_is_pair_agnostic_and_other_is_not():
+    model = TinyCNN().eval()
+    q = images(2, 3, 16, 16, seed=1)
+    s1, s2 = images(1, 3, 16, 16, seed=2), images(1, 3, 16, 16, seed=3)
+    ram = LayerRAM(model, model.features)
+    torch.testing.assert_close(ram.attribute(q, s1), ram.attribute(q, s2))
+    other = LayerRAM(model, model.features, weighting="other")
+    assert not torch.allclose(other.attribute(q, s1), other.attribute(q, s2))
+
+
+@pytest.mark.parametrize("weighting", ["self", "other", "product"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_every_weighting_has_its_all_pairs_form(weighting, metric):
+    model = TinyCNN(negative=True).eval()
+    q, gal = images(3, 3, 16, 16, seed=1), images(4, 2, 3, 16, 16)
+    method = LayerRAM(model, model.features, metric=metric, weighting=weighting)
+    q_maps, g_maps = method.attribute_pairs(q, gal, return_gallery_attributions=True)
+    for i in range(3):
+        for j in range(4):
+            one_q, one_s = method.attribute(
+                q[i : i + 1], gal[j], return_support_attributions=True
+            )
+            torch.testing.assert_close(q_maps[i, j], one_q[0], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(g_maps[i, j], one_s[0], rtol=1e-4, atol=1e-4)

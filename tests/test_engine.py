@@ -1,0 +1,276 @@
+"""The engine's plumbing: capture, formatting, chunking, errors, compiled and
+scripted models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import (
+    LayerActivation,
+    LayerAttribution,
+)
+from captum.attr import visualization as viz
+from helpers import (
+    FixedSizeModel,
+    ScaledModel,
+    TinyCNN,
+    all_hooks,
+    family,
+    images,
+    snapshot,
+)
+from torch import nn
+
+from captum_sfam import (
+    LayerSFAM,
+    channel_importance,
+    minmax_normalize,
+)
+
+
+def test_layer_activations_match_captum_layer_activation():
+    model = TinyCNN().eval()
+    q = images(2, 3, 16, 16)
+    sfam = LayerSFAM(model, model.features)
+    ours = sfam.layer_activations((q,))
+    theirs = LayerActivation(model, model.features).attribute(q)
+    torch.testing.assert_close(ours, theirs)
+    ours_in = sfam.layer_activations((q,), attribute_to_layer_input=True)
+    theirs_in = LayerActivation(model, model.features).attribute(
+        q, attribute_to_layer_input=True
+    )
+    torch.testing.assert_close(ours_in, theirs_in)
+
+
+def test_attribute_to_layer_input_uses_the_layer_input():
+    model = TinyCNN().eval()
+    q, s = images(2, 3, 16, 16), images(1, 3, 16, 16, seed=3)
+    sfam = LayerSFAM(model, model.features)
+    maps = sfam.attribute(q, s, attribute_to_layer_input=True)
+    with torch.no_grad():
+        aq, as_ = model.stem(q), model.stem(s)
+    w = minmax_normalize(channel_importance(aq.mean((2, 3)), as_.mean((2, 3))[0]))
+    torch.testing.assert_close(maps[:, 0], torch.einsum("bn,bnhw->bhw", w, aq))
+
+
+def test_additional_forward_args_reach_the_model():
+    model = ScaledModel().eval()
+    q, s = images(2, 3, 16, 16), images(1, 3, 16, 16, seed=3)
+    sfam = LayerSFAM(model, model.net.features)
+    with_args = sfam.attribute(q, s, additional_forward_args=(2.0, 0.5))
+    plain = LayerSFAM(model.net, model.net.features).attribute(q * 2 + 0.5, s * 2 + 0.5)
+    torch.testing.assert_close(with_args, plain)
+
+
+def test_data_parallel_path_matches():
+    model = TinyCNN().eval()
+    q, s = images(2, 3, 16, 16), images(2, 3, 16, 16, seed=3)
+    direct = LayerSFAM(model, model.features).attribute(q, s)
+    dp = nn.DataParallel(model)
+    torch.testing.assert_close(LayerSFAM(dp, model.features).attribute(q, s), direct)
+    torch.testing.assert_close(
+        LayerSFAM(model, model.features, device_ids=[0]).attribute(q, s), direct
+    )
+
+
+def test_quickstart_shapes_and_interpolation_and_visualisation():
+    model = TinyCNN().eval()
+    q, s = images(2, 3, 32, 32), images(3, 3, 32, 32, seed=3)
+    attr = LayerSFAM(model, model.features, metric="cosine").attribute(q, support=s)
+    up = LayerAttribution.interpolate(attr, q.shape[-2:], interpolate_mode="bilinear")
+    assert up.shape == (2, 1, 32, 32)
+    fig, _ = viz.visualize_image_attr(
+        up[0].permute(1, 2, 0).numpy(),
+        q[0].permute(1, 2, 0).numpy().clip(0, 1),
+        method="blended_heat_map",
+        sign="all",
+        use_pyplot=False,
+    )
+    assert len(fig.axes) == 1 and len(fig.axes[0].images) == 2  # image + heat map
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_model_is_left_untouched(train):
+    model = TinyCNN()
+    model.train(train)
+    model.head.weight.requires_grad_(False)
+    before = snapshot(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    grad_mode = torch.is_grad_enabled()
+    q, s = images(2, 3, 16, 16), images(2, 3, 16, 16, seed=3)
+    out = LayerSFAM(model, model.features).attribute(
+        q, s, return_support_attributions=True
+    )
+    assert model.training is train
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    after = snapshot(model)
+    for k in before:  # BatchNorm running stats included, bitwise
+        assert torch.equal(before[k], after[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert all_hooks(model) == 0
+    assert torch.is_grad_enabled() == grad_mode
+    for t in out:  # no autograd graph recorded
+        assert not t.requires_grad and t.grad_fn is None
+
+
+def test_network_after_the_layer_does_not_run():
+    model = TinyCNN().eval()
+    LayerSFAM(model, model.features).attribute(
+        images(2, 3, 16, 16), images(1, 3, 16, 16)
+    )
+    assert model.head_calls == 0
+
+
+def test_hooks_removed_when_attribute_raises():
+    model = TinyCNN().eval()
+    sfam = LayerSFAM(model, model.features, metric="cosine")
+    bad = images(1, 3, 16, 16)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        sfam.attribute(images(1, 3, 16, 16), bad)
+    with pytest.raises(ValueError):
+        sfam.attribute(images(1, 3, 16, 16), images(1, 3, 5, 5)[:, :2])
+    assert all_hooks(model) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"metric": "l1"}, "metric"), ({"pooling": "median"}, "pooling")],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    model = TinyCNN()
+    with pytest.raises(ValueError, match=match):
+        LayerSFAM(model, model.features, **kwargs)
+
+
+def test_layer_not_in_model_raises():
+    model = TinyCNN()
+    with pytest.raises(ValueError, match="layer"):
+        LayerSFAM(model, nn.Conv2d(3, 3, 1))
+
+
+def test_bad_inputs_and_support_raise_named_errors():
+    model = TinyCNN().eval()
+    sfam = LayerSFAM(model, model.features)
+    q = images(2, 3, 16, 16)
+    with pytest.raises(TypeError, match="inputs"):
+        sfam.attribute(q.long(), q)
+    with pytest.raises(TypeError, match="support"):
+        sfam.attribute(q, q.long())
+    with pytest.raises(ValueError, match="empty"):
+        sfam.attribute(q, q[:0])
+    with pytest.raises(ValueError, match="per-query"):
+        sfam.attribute(q, images(3, 1, 3, 16, 16))
+    with pytest.raises(ValueError, match="channels"):
+        sfam.attribute(q, images(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="inputs"):
+        sfam.attribute(q * float("inf"), q)
+    with pytest.raises(ValueError, match="support"):
+        sfam.attribute(q, images(1, 3, 1, 1)[:, :, :0])
+
+
+def test_support_the_model_cannot_take_gets_a_named_error():
+    model = FixedSizeModel().eval()
+    sfam = LayerSFAM(model, model.layer)
+    with pytest.raises(ValueError, match="support"):
+        sfam.attribute(images(1, 3, 8, 8), images(1, 3, 9, 9))
+    with pytest.raises(ValueError, match="inputs"):
+        sfam.attribute(images(1, 3, 7, 7), images(1, 3, 8, 8))
+    assert not model.layer._forward_hooks
+
+
+def test_layer_with_wrong_layout_and_bad_reshape_transform():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6)).eval()
+    with pytest.raises(ValueError, match="reshape_transform"):
+        LayerSFAM(model, model[1]).attribute(images(2, 3, 2, 2), images(1, 3, 2, 2))
+    with pytest.raises(TypeError, match="reshape_transform"):
+        LayerSFAM(model, model[1], reshape_transform=3)
+    # a transform to (B, N, 1, 1) makes a vector layer explainable
+    ok = LayerSFAM(model, model[1], reshape_transform=lambda a: a[:, :, None, None])
+    assert ok.attribute(images(2, 3, 2, 2), images(1, 3, 2, 2)).shape == (2, 1, 1, 1)
+
+
+def test_tensors_on_different_devices():
+    model = TinyCNN().eval()
+    sfam = LayerSFAM(model, model.features)
+    with pytest.raises(ValueError, match="device"):
+        sfam.attribute(images(1, 3, 8, 8), torch.empty(1, 3, 8, 8, device="meta"))
+
+
+def test_global_torch_state_is_left_alone():
+    model = TinyCNN().eval()
+    before = (
+        torch.is_grad_enabled(),
+        torch.get_default_dtype(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_inference_mode_enabled(),
+    )
+    for cls in family():
+        with torch.no_grad():
+            cls(model, model.features, metric="cosine").attribute(
+                images(1, 3, 8, 8), images(1, 3, 8, 8, seed=1)
+            )
+        cls(model, model.features, metric="cosine").attribute(
+            images(1, 3, 8, 8), images(1, 3, 8, 8, seed=1)
+        )
+    after = (
+        torch.is_grad_enabled(),
+        torch.get_default_dtype(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_inference_mode_enabled(),
+    )
+    assert before == after
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_scripted_model_gets_a_clear_error():
+    """TorchScript modules take no forward hooks (Captum cannot hook them either)."""
+    scripted = torch.jit.script(TinyCNN().eval())
+    for cls in family():
+        with pytest.raises(TypeError, match="TorchScript"):
+            cls(scripted, scripted.features, metric="cosine")
+
+
+def test_compiled_model():
+    model = TinyCNN().eval()
+    compiled = torch.compile(model, backend="eager")
+    q, s = images(2, 3, 16, 16), images(1, 3, 16, 16, seed=1)
+    for cls in family():
+        expected = cls(model, model.features, metric="cosine").attribute(q, s)
+        got = cls(compiled, model.features, metric="cosine").attribute(q, s)
+        torch.testing.assert_close(got, expected)
+
+
+def test_chunking_does_not_change_results_and_no_graph_is_recorded():
+    model = TinyCNN().eval()
+    assert all(p.requires_grad for p in model.parameters())
+    q, gal = images(5, 3, 16, 16), images(3, 3, 16, 16, seed=4)
+    sfam = LayerSFAM(model, model.features, metric="cosine")
+    whole = sfam.attribute_pairs(q, gal, return_gallery_attributions=True)
+    chunked = sfam.attribute_pairs(
+        q, gal, return_gallery_attributions=True, chunk_size=1
+    )
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)
+        assert not a.requires_grad and a.grad_fn is None
+    batched = sfam.attribute_pairs(
+        q, gal, return_gallery_attributions=True, forward_batch_size=2
+    )
+    for a, b in zip(whole, batched):
+        torch.testing.assert_close(a, b)
+    relu = sfam.attribute_pairs(q, gal, relu_attributions=True)
+    torch.testing.assert_close(relu, whole[0].clamp(min=0))
+
+
+def test_pairs_argument_errors():
+    model = TinyCNN().eval()
+    sfam = LayerSFAM(model, model.features)
+    q = images(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="gallery"):
+        sfam.attribute_pairs(q, q[:0])
+    with pytest.raises(ValueError, match="gallery"):
+        sfam.attribute_pairs(q, images(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="chunk_size"):
+        sfam.attribute_pairs(q, q, chunk_size=0)
+    with pytest.raises(ValueError, match="forward_batch_size"):
+        sfam.attribute_pairs(q, q, forward_batch_size=0)
