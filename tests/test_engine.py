@@ -1,5 +1,5 @@
 """The engine's plumbing: capture, formatting, chunking, errors, compiled and
-scripted models."""
+scripted models. (Model hygiene for every member: test_contract.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from helpers import (
     all_hooks,
     family,
     images,
-    snapshot,
 )
 from torch import nn
 
@@ -87,30 +86,6 @@ def test_quickstart_shapes_and_interpolation_and_visualisation():
         use_pyplot=False,
     )
     assert len(fig.axes) == 1 and len(fig.axes[0].images) == 2  # image + heat map
-
-
-@pytest.mark.parametrize("train", [False, True])
-def test_model_is_left_untouched(train):
-    model = TinyCNN()
-    model.train(train)
-    model.head.weight.requires_grad_(False)
-    before = snapshot(model)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    grad_mode = torch.is_grad_enabled()
-    q, s = images(2, 3, 16, 16), images(2, 3, 16, 16, seed=3)
-    out = LayerSFAM(model, model.features).attribute(
-        q, s, return_support_attributions=True
-    )
-    assert model.training is train
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    after = snapshot(model)
-    for k in before:  # BatchNorm running stats included, bitwise
-        assert torch.equal(before[k], after[k]), k
-    assert all(p.grad is None for p in model.parameters())
-    assert all_hooks(model) == 0
-    assert torch.is_grad_enabled() == grad_mode
-    for t in out:  # no autograd graph recorded
-        assert not t.requires_grad and t.grad_fn is None
 
 
 def test_network_after_the_layer_does_not_run():

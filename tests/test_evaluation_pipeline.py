@@ -15,7 +15,19 @@ from captum_sfam.demo.trained import (
     fewshot_accuracy,
     multi_similarity_loss,
     protonet,
+    retrieval_recall_at_1,
 )
+
+
+class Constant(torch.nn.Module):
+    """Every image gets the same embedding: every score ties."""
+
+    def __init__(self, metric):
+        super().__init__()
+        self.metric = metric
+
+    def forward(self, x):
+        return torch.ones(x.shape[0], 4)
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +89,22 @@ def test_models_train_briefly_and_are_cached():
     # 2 episodes of 5-way x 5 queries: the accuracy is a multiple of 1/50
     accuracy = fewshot_accuracy(model, episodes=2)
     assert isinstance(accuracy, float) and round(accuracy * 50, 6).is_integer()
+    # a constant embedding ties every score; argmax picks the first class, so
+    # exactly the queries of class 0 are right: accuracy = 1 / ways
+    for metric in ("euclidean", "cosine"):
+        assert fewshot_accuracy(Constant(metric), episodes=3) == 1 / 5
+        assert fewshot_accuracy(Constant(metric), episodes=3, ways=4) == 1 / 4
     emb = cosine_embedder(steps=2)(torch.rand(2, 3, 64, 64))
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+
+
+def test_recall_at_1_of_a_constant_embedding_is_known():
+    # ties: image 0 retrieves image 1, every other image retrieves image 0, so
+    # exactly the images of class 0 (3 of them) are hits
+    recall, info = retrieval_recall_at_1(Constant("euclidean"), images_per_class=3)
+    labels = info["labels"]
+    assert info["nearest"].tolist() == [1] + [0] * (len(labels) - 1)
+    assert recall == 3 / len(labels) and len(labels) == 3 * 77
 
 
 def test_benchmark_runs_end_to_end(tmp_path):

@@ -15,9 +15,11 @@ from captum_sfam.metrics import (
     box_iou,
     deletion_insertion,
     localization,
+    nearest_neighbours,
     normalize_map,
     pair_specificity,
     pointing_game,
+    recall_at_k,
     sanity_check,
     spearman,
 )
@@ -78,6 +80,12 @@ def test_pair_specificity_known_answers():
     assert agnostic["specificity"] == pytest.approx(0.5) and agnostic["shift"] == 0.0
     reversed_ = pair_specificity(on_b, on_a, box_a, box_b)
     assert reversed_["specificity"] == 0.0
+    # 3/4 of each map's mass on the matching object: specificity 0.75, and
+    # half of the mass moves (3/4 - 1/4 on each object) when the support swaps
+    partial = pair_specificity(3 * on_a + on_b, on_a + 3 * on_b, box_a, box_b)
+    assert partial["share_a"] == partial["share_b"] == 0.75
+    assert partial["specificity"] == 0.75
+    assert partial["shift"] == pytest.approx(0.5)
 
 
 @given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
@@ -153,3 +161,70 @@ def test_metric_argument_errors():
     assert np.isnan(
         localization([torch.rand(4, 4)], [(0, 0, 1, 1)], [False])["mean_iou"]
     )
+
+
+# ------------------------------------------------------------ retrieval ----
+def slow_similarity(a, b, metric):
+    if metric == "cosine":
+        return float(a @ b) / (float(a.norm()) * float(b.norm()))
+    return -sum((float(x) - float(y)) ** 2 for x, y in zip(a, b))
+
+
+def slow_nearest(embeddings, metric, k):
+    """Each item's k most similar others, by a Python loop."""
+    out = []
+    for i, e in enumerate(embeddings):
+        scores = [
+            (slow_similarity(e, other, metric), j)
+            for j, other in enumerate(embeddings)
+            if j != i
+        ]
+        scores.sort(key=lambda t: -t[0])
+        out.append([j for _, j in scores[:k]])
+    return out
+
+
+def slow_recall(embeddings, labels, metric, k):
+    nearest = slow_nearest(embeddings, metric, k)
+    hits = [any(labels[j] == labels[i] for j in row) for i, row in enumerate(nearest)]
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_retrieval_metrics_match_a_slow_loop(metric, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(30, 8, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (30,), generator=gen)
+    nearest = nearest_neighbours(emb, metric, k)
+    assert nearest.tolist() == slow_nearest(emb, metric, k)
+    assert recall_at_k(emb, labels, metric, k) == pytest.approx(
+        slow_recall(emb, labels.tolist(), metric, k), abs=0
+    )
+
+
+def test_recall_at_k_known_values():
+    # two tight clusters (labels 0 and 1) and a stray of label 0 near cluster 1:
+    # every cluster point's nearest neighbour shares its label, the stray's
+    # does not -> Recall@1 = 4 / 5; its 3 nearest hold one of label 0 -> R@3 = 1
+    emb = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0], [4.0, 4.0]])
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    assert recall_at_k(emb, labels, "euclidean", k=1) == 4 / 5
+    assert recall_at_k(emb, labels, "euclidean", k=3) == 1.0
+    assert nearest_neighbours(emb, "euclidean")[:, 0].tolist() == [1, 0, 3, 2, 2]
+    # cosine ranks directions: the stray points the way of cluster 1 too
+    directions = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    assert recall_at_k(directions, torch.tensor([0, 0, 1, 1]), "cosine") == 1.0
+    flipped = torch.tensor([0, 1, 0, 1])
+    assert recall_at_k(directions, flipped, "cosine") == 0.0
+    assert nearest_neighbours(directions, "cosine")[:, 0].tolist() == [1, 0, 3, 2]
+
+
+def test_retrieval_metric_errors():
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(torch.rand(3, 2), torch.zeros(3), k=3)
+    with pytest.raises(ValueError, match="labels"):
+        recall_at_k(torch.rand(3, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="embeddings"):
+        nearest_neighbours(torch.rand(3))

@@ -1,12 +1,12 @@
 r"""Benchmark of every pair-attribution method, with ground truth, offline.
 
-    python -m captum_sfam.bench [--episodes 100] [--pairs 100] [--scenes 40]
-                                [--out bench-results] [--seed 0] [--quick]
-    captum-sfam bench ...
+    python -m captum_sfam.app.bench [--episodes 100] [--pairs 100] [--scenes 40]
+                                    [--out bench-results] [--seed 0] [--quick]
+    captum-sfam bench ...       (or python -m captum_sfam.bench, an alias)
 
 Three settings (see README for the last numbers):
 
-(a) Euclidean few-shot: the prototypical network of :mod:`captum_sfam.trained`
+(a) Euclidean few-shot: the prototypical network of :mod:`captum_sfam.demo.trained`
     on 5-way 1-shot episodes of the synthetic test classes; each episode's
     query is explained against the support of the class the model predicts.
 (b) Cosine retrieval: the multi-similarity model; each query of the synthetic
@@ -38,6 +38,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor
 from torch.nn import Module
 
+from ..demo.pretrained import _require
 from ..methods import REGISTRY
 from ..metrics import (
     box_from_map,
@@ -46,12 +47,21 @@ from ..metrics import (
     pair_specificity,
     pointing_game,
 )
+from ..metrics.localization import BOX_THRESHOLD
 from ..metrics.retrieval import nearest_neighbours, recall_at_k
-from ..similarity import SimilarityTarget, embed, paired_similarity, prototypes
+from ..similarity import (
+    SimilarityTarget,
+    embed,
+    paired_similarity,
+    prototypes,
+    similarity_matrix,
+)
 
 Explainer = Callable[[Tensor, Tensor], Tensor]  # (1,C,H,W), (K,C,H,W) -> (H, W)
 #: images embedded per forward pass
 EMBED_BATCH = 256
+#: (a) N-way 1-shot episodes
+WAYS = 5
 COLUMNS = ["iou", "acc50", "pointing", "specificity", "shift", "deletion", "insertion"]
 
 
@@ -142,6 +152,7 @@ def evaluate(
     ``pairs``: (query (1,C,H,W), support (K,C,H,W), query box, correct).
     ``scenes``: (scene (1,C,H,W), support of A, support of B, box A, box B).
     """
+    _require("tqdm", "tqdm")
     from tqdm.auto import tqdm
 
     methods = explainers(model, layer, metric, ig_steps)
@@ -153,7 +164,7 @@ def evaluate(
         for name, explain in methods.items():
             saliency = explain(query, support)
             if correct:
-                iou = box_iou(box_from_map(saliency, 0.2), box)
+                iou = box_iou(box_from_map(saliency, BOX_THRESHOLD), box)
                 tally.add(name, "iou", iou)
                 tally.add(name, "acc50", iou >= 0.5)
                 tally.add(name, "pointing", pointing_game(saliency, box))
@@ -179,22 +190,24 @@ def fewshot_setting(args: argparse.Namespace, model: Module):
 
     data = ShapesFewShot("test", seed=0)
     gen = torch.Generator().manual_seed(args.seed)
+    pool = data.images_per_class // 2  # shots from the first half, queries after
     pairs, decided = [], 0
     for _ in range(args.episodes):
-        classes = torch.randperm(len(data.classes), generator=gen)[:5].tolist()
+        classes = torch.randperm(len(data.classes), generator=gen)[:WAYS].tolist()
         shots = [
-            data.images_of(c)[int(torch.randint(0, 20, (1,), generator=gen))]
+            data.images_of(c)[int(torch.randint(0, pool, (1,), generator=gen))]
             for c in classes
         ]
-        truth = int(torch.randint(0, 5, (1,), generator=gen))
+        truth = int(torch.randint(0, WAYS, (1,), generator=gen))
         query_id = data.images_of(classes[truth])[
-            20 + int(torch.randint(0, 20, (1,), generator=gen))
+            pool + int(torch.randint(0, pool, (1,), generator=gen))
         ]
         support = torch.stack([data[i][0] for i in shots])
         query, _, box = data[query_id]
-        with torch.no_grad():
-            dist = torch.cdist(model(query[None]), model(support))[0]
-        predicted = int(dist.argmin())
+        scores = similarity_matrix(
+            embed(model, query[None]), embed(model, support), "euclidean"
+        )
+        predicted = int(scores[0].argmax())
         decided += predicted == truth
         pairs.append(
             (query[None], support[predicted : predicted + 1], box, predicted == truth)
@@ -241,17 +254,13 @@ def photo_setting(args: argparse.Namespace):
         efficientnet_lite0,
         preprocess,
         sample_images,
+        second_view,
         side_by_side,
     )
 
     model = efficientnet_lite0(embedding=True)
     photos = sample_images()
     names = ["cat", "coffee", "astronaut", "rocket", "motorcycle_left"]
-
-    def second_view(img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]  # a mirrored, zoomed-in crop
-        return np.ascontiguousarray(img[h // 8 :, w // 10 : w - w // 10][:, ::-1])
-
     pairs, scenes = [], []
     for a in names:
         for b in names:
@@ -416,7 +425,7 @@ def main_args(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m captum_sfam.bench", description=__doc__.splitlines()[0]
+        prog="python -m captum_sfam.app.bench", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     return main_args(parser.parse_args(argv))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from ..demo.pretrained import INPUT_SIZE, _require
 from ..methods import REGISTRY, PairAttribution
 from ..methods.sfam import LayerSFAM, weight_spread
 from ..similarity import embed, paired_similarity, prototypes
@@ -56,6 +57,10 @@ def load_model(name: str, weights: Optional[str]) -> Module:
             f"{name}: pass a torchvision architecture name with --model and the "
             "state dict with --weights (TorchScript models cannot be hooked)"
         )
+    try:
+        _require("torchvision", "torchvision")
+    except ImportError as error:
+        raise CLIError(str(error)) from error
     import torchvision
 
     if name not in torchvision.models.list_models():
@@ -296,7 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_exp.add_argument("--layer", help="dotted name of the layer to explain")
     p_exp.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
     p_exp.add_argument("--method", default="sfam", help=", ".join(REGISTRY))
-    p_exp.add_argument("--size", type=int, default=224, help="input size in pixels")
+    p_exp.add_argument(
+        "--size", type=int, default=INPUT_SIZE, help="input size in pixels"
+    )
     p_exp.add_argument("--out", default="explanation.png", help="figure to write")
     p_exp.set_defaults(run=explain)
     p_bench = commands.add_parser(

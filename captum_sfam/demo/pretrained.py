@@ -26,12 +26,13 @@ from torch.nn import Module
 INPUT_SIZE = 224
 
 
-def _require(module: str, package: str) -> None:
+def _require(module: str, package: str, extra: str = "demo") -> None:
+    """A clear ImportError naming the extra when ``module`` is not installed."""
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
         raise ImportError(
-            f"{package} is needed for this: pip install 'captum-sfam[demo]'"
+            f"{package} is needed for this: pip install 'captum-sfam[{extra}]'"
         )
 
 
@@ -98,6 +99,7 @@ def to_display(x: Tensor) -> np.ndarray:
 
 def load_image(path: Union[str, Path], size: int = INPUT_SIZE) -> Tensor:
     """Reads an image file (any format Pillow reads) into a model input."""
+    _require("PIL", "pillow")
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -111,6 +113,13 @@ def load_image(path: Union[str, Path], size: int = INPUT_SIZE) -> Tensor:
     return preprocess(array, size)
 
 
+def second_view(image: np.ndarray) -> np.ndarray:
+    """A second view of a photo: a mirrored, zoomed-in crop (H, W, C) -> (h, w, C)."""
+    height, width = image.shape[:2]
+    crop = image[height // 8 :, width // 10 : width - width // 10]
+    return np.ascontiguousarray(crop[:, ::-1])
+
+
 def sample_images() -> Dict[str, np.ndarray]:
     """Real photos bundled with scikit-image, (H, W, 3) uint8."""
     _require("skimage", "scikit-image")
@@ -118,14 +127,11 @@ def sample_images() -> Dict[str, np.ndarray]:
 
     left, right, _ = data.stereo_motorcycle()
     cat = data.chelsea()
-    height, width = cat.shape[:2]
     return {
         "cat": cat,
         # the only other cat photo would be the same picture (data.cat() is
         # Chelsea too): a mirrored, zoomed-in crop makes a second view
-        "cat_view_2": np.ascontiguousarray(
-            cat[height // 8 :, width // 10 : width - width // 10][:, ::-1]
-        ),
+        "cat_view_2": second_view(cat),
         "coffee": data.coffee(),
         "astronaut": data.astronaut(),
         "rocket": data.rocket(),

@@ -1,4 +1,4 @@
-r"""Two small metric-learning models trained on :mod:`captum_sfam.synthetic`.
+r"""Two small metric-learning models trained on :mod:`captum_sfam.demo.synthetic`.
 
 - :func:`protonet`: a Euclidean prototypical network (Snell et al. 2017), the
   FRN setting of the SFAM paper: a 4-block CNN with LeakyReLU(0.1) (negative
@@ -28,8 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..metrics.retrieval import nearest_neighbours, recall_at_k
-from ..similarity import similarity_matrix
+from ..similarity import embed, similarity_matrix
 from .synthetic import ShapesFewShot
+
+#: images embedded per forward pass when evaluating
+EMBED_BATCH = 256
 
 
 def cache_dir() -> Path:
@@ -252,7 +255,7 @@ def retrieval_recall_at_1(
     data = ShapesFewShot("test", images_per_class=images_per_class, seed=seed)
     images = torch.stack([data[i][0] for i in range(len(data))])
     labels = torch.tensor([data.label(i) for i in range(len(data))])
-    emb = torch.cat([model(chunk) for chunk in images.split(256)])
+    emb = torch.cat([embed(model, chunk) for chunk in images.split(EMBED_BATCH)])
     metric = getattr(model, "metric", "cosine")
     nearest = nearest_neighbours(emb, metric)[:, 0]
     return recall_at_k(emb, labels, metric), {"nearest": nearest, "labels": labels}

@@ -6,6 +6,8 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels of the map's frame, half-open
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -13,6 +15,18 @@ import torch
 from torch import Tensor
 
 Box = Tuple[float, float, float, float]
+#: the localisation protocol's threshold on the min-max normalised map (paper)
+BOX_THRESHOLD = 0.2
+
+
+def _scipy(module: str) -> ModuleType:
+    """``module`` of scipy, or an ImportError naming the ``eval`` extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            "scipy is needed for captum_sfam.metrics: pip install 'captum-sfam[eval]'"
+        ) from error
 
 
 def _map2d(saliency: Tensor, name: str = "saliency") -> Tensor:
@@ -35,14 +49,13 @@ def normalize_map(saliency: Tensor) -> Tensor:
     return (m - low) / span if float(span) > 0 else torch.zeros_like(m)
 
 
-def box_from_map(saliency: Tensor, threshold: float = 0.2) -> Optional[Box]:
+def box_from_map(saliency: Tensor, threshold: float = BOX_THRESHOLD) -> Optional[Box]:
     r"""Box of the largest connected component of ``normalize(map) >= threshold``.
 
     8-connectivity (OpenCV contours in wsolevaluation); ``None`` for a constant
     map (nothing stands out).
     """
-    from scipy import ndimage
-
+    ndimage = _scipy("scipy.ndimage")
     norm = normalize_map(saliency).numpy()
     if not norm.any():
         return None
@@ -68,7 +81,7 @@ def localization(
     maps: Sequence[Tensor],
     boxes: Sequence[Box],
     correct: Optional[Sequence[bool]] = None,
-    threshold: float = 0.2,
+    threshold: float = BOX_THRESHOLD,
     iou_threshold: float = 0.5,
 ) -> Dict[str, object]:
     r"""The SFAM paper's localisation protocol (its Tables 1-2).

@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from .localization import _scipy
+
 
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation of two maps (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
+    spearmanr = _scipy("scipy.stats").spearmanr
     x, y = (
         a.detach().flatten().double().cpu().numpy(),
         b.detach().flatten().double().cpu().numpy(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -11,12 +12,41 @@ from helpers import (
     cosine,
     images,
     neg_sq,
+    slow_prototype_similarity,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from captum_sfam import (
     LayerCGRAM,
     LayerSimilarityGradCam,
 )
+from captum_sfam.methods.cg_ram import prototype_similarity
+
+
+@st.composite
+def embeddings(draw):
+    """Query embeddings (B, D) and shot embeddings (B, K, D)."""
+    b, k, d = (draw(st.integers(1, 3)) for _ in range(3))
+    grid = st.integers(-40, 40).map(lambda i: i / 4)
+    query = draw(arrays(np.float64, (b, d), elements=grid))
+    return query, draw(arrays(np.float64, (b, k, d), elements=grid))
+
+
+@given(embeddings(), st.sampled_from(["euclidean", "cosine"]))
+def test_pair_score_equals_the_slow_score(case, metric):
+    """sim(f(Q), mean_k f(S_k)) pair by pair; cosine 0 for a zero embedding."""
+    query, shots = case
+    got = prototype_similarity(torch.from_numpy(query), torch.from_numpy(shots), metric)
+    assert got.shape == (query.shape[0],)
+    for b in range(query.shape[0]):
+        proto = shots[b].mean(0)
+        if metric == "cosine" and min(np.abs(query[b]).max(), np.abs(proto).max()) == 0:
+            expected = 0.0
+        else:
+            expected = slow_prototype_similarity(query[b], shots[b], metric)
+        assert float(got[b]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -8,12 +8,47 @@ import torch
 from helpers import (
     TinyCNN,
     acts,
+    each_pair,
     images,
+    pooled_pairs,
+    slow_ram_weights,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from captum_sfam import (
     LayerRAM,
 )
+from captum_sfam.methods.ram import ram_weights
+
+F64 = torch.float64
+
+
+@given(pooled_pairs(), st.sampled_from(["self", "other", "product"]))
+def test_weight_rule_equals_the_slow_rule_in_every_layout(pair, weighting):
+    """ram_weights, pair by pair, equals the three readings written with loops."""
+    q, shots = pair
+    query_weights, shot_weights = ram_weights(
+        torch.from_numpy(q), torch.from_numpy(shots), weighting
+    )
+    lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
+    n, k = q.shape[-1], shots.shape[-2]
+    # shot weights: one row per shot ("self") or one row for all shots
+    assert shot_weights.shape[-2] == (k if weighting == "self" else 1)
+    query_weights = query_weights.expand(*lead, n)
+    shot_weights = shot_weights.expand(*lead, k, n)
+    for index, vq, vshots in each_pair(q, shots):
+        exp_q, exp_shots = slow_ram_weights(vq, vshots, weighting)
+        torch.testing.assert_close(query_weights[index], torch.tensor(exp_q, dtype=F64))
+        torch.testing.assert_close(
+            shot_weights[index], torch.tensor(exp_shots, dtype=F64)
+        )
+
+
+def test_unknown_weighting_is_rejected():
+    model = TinyCNN()
+    with pytest.raises(ValueError, match="weighting"):
+        LayerRAM(model, model.features, weighting="mean")
 
 
 @pytest.mark.parametrize("weighting", ["self", "other", "product"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import (
@@ -12,14 +13,51 @@ from helpers import (
     TinyCNN,
     acts,
     cosine,
+    each_pair,
     images,
     neg_sq,
+    pooled_pairs,
+    slow_similarity_grad_cam_weights,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from captum_sfam import (
     LayerSimilarityGradCam,
     SimilarityTarget,
 )
+from captum_sfam._utils.features import PooledPair
+from captum_sfam.methods.similarity_grad_cam import similarity_grad_cam_weights
+
+
+@given(
+    pooled_pairs(),
+    st.sampled_from(["euclidean", "cosine"]),
+    st.integers(1, 9),
+    st.integers(1, 9),
+)
+def test_weight_rule_equals_autograd_in_every_layout(pair, metric, hw, shot_hw):
+    """similarity_grad_cam_weights, pair by pair, equals the gradient of the
+    similarity taken by autograd, spread over the layer's positions; a zero
+    pooled vector with cosine raises."""
+    q, shots = pair
+    pooled = PooledPair(torch.from_numpy(q), torch.from_numpy(shots), hw, shot_hw)
+    support = shots.mean(-2)
+    zero = min(np.abs(q).max(-1).min(), np.abs(support).max(-1).min()) == 0
+    if metric == "cosine" and zero:
+        with pytest.raises(ValueError, match="zero"):
+            similarity_grad_cam_weights(pooled, metric)
+        return
+    query_weights, shot_weights = similarity_grad_cam_weights(pooled, metric)
+    lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
+    n, k = q.shape[-1], shots.shape[-2]
+    assert query_weights.shape == (*lead, n) and shot_weights.shape == (*lead, 1, n)
+    for index, vq, vshots in each_pair(q, shots):
+        exp_q, exp_shots = slow_similarity_grad_cam_weights(
+            vq, vshots, metric, hw, shot_hw
+        )
+        torch.testing.assert_close(query_weights[index], exp_q)
+        torch.testing.assert_close(shot_weights[index].expand(k, n), exp_shots)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -59,3 +97,11 @@ def test_similarity_grad_cam_support_maps_match_autograd(metric):
         (grad,) = torch.autograd.grad(score, a)
         expected = torch.einsum("kn,knhw->khw", grad.mean((2, 3)), a.detach())
         torch.testing.assert_close(s_maps[b, :, 0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_pooling_callables_are_rejected():
+    model = TinyCNN()
+    with pytest.raises(ValueError, match="pooling"):
+        LayerSimilarityGradCam(
+            model, model.features, metric="cosine", pooling=lambda a: a.mean((2, 3))
+        )
