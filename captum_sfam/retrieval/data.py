@@ -1,0 +1,226 @@
+r"""Where a retrieval run reads its images: tensors, datasets, loaders, folders.
+
+:class:`ImageSource` gives the run one interface over a ``(N, C, H, W)``
+tensor, a map-style ``torch.utils.data.Dataset`` or a ``DataLoader``: batches
+of chosen indices (so that ranks read disjoint batches and a batch's content
+does not depend on the number of processes), random access to a few items
+(the neighbours a batch explains), and the items' names and labels.
+:class:`ImageFiles` is the dataset of a folder of image files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data.dataloader import default_collate
+
+SourceType = Union[Tensor, Dataset, DataLoader]
+
+
+def _image_of(batch: Any, name: str) -> Tensor:
+    """The image tensor of a collated batch: the batch itself, or its first
+    element when items are ``(image, label, ...)`` tuples or ``{"image": ...}``."""
+    if isinstance(batch, dict):
+        batch = batch.get("image", next(iter(batch.values()), None))
+    elif isinstance(batch, (tuple, list)):
+        batch = batch[0] if batch else None
+    if not isinstance(batch, Tensor) or not batch.is_floating_point():
+        raise TypeError(
+            f"{name} must give floating point image tensors (C, H, W), or "
+            "(image, ...) tuples, or dicts with an 'image' key; got "
+            f"{type(batch).__name__}"
+        )
+    return batch
+
+
+class ImageSource:
+    r"""Indexed access to the images of a query set or a gallery.
+
+    Args:
+
+        data (Tensor, Dataset or DataLoader): a (N, C, H, W) tensor; a
+                    map-style dataset whose items are image tensors (C, H, W),
+                    ``(image, label, ...)`` tuples or dicts with an ``"image"``
+                    key; or a ``DataLoader`` over such a dataset, whose
+                    ``batch_size`` (unless ``batch_size`` is given),
+                    ``num_workers`` and ``collate_fn`` are used. Items are
+                    keyed by their index in the dataset, so the loader's
+                    sampler (shuffling) is not used.
+        name (str): "queries" or "gallery", for error messages.
+        ids (Sequence[str], optional): a name per item (a file path, say);
+                    by default the dataset's ``paths`` attribute if it has
+                    one, else none (items are named by index).
+        labels (Sequence, optional): a label per item (str or int); by
+                    default the dataset's ``labels`` attribute if it has one.
+        batch_size (int, optional): images per batch.
+                    Default: the loader's batch size, else 32
+        num_workers (int, optional): loader workers for datasets.
+                    Default: the loader's, else 0
+    """
+
+    def __init__(
+        self,
+        data: SourceType,
+        name: str,
+        ids: Optional[Sequence[Any]] = None,
+        labels: Optional[Sequence[Any]] = None,
+        batch_size: Optional[int] = None,
+        num_workers: Optional[int] = None,
+    ) -> None:
+        self.name = name
+        self.tensor: Optional[Tensor] = None
+        self.dataset: Optional[Dataset] = None
+        self.collate_fn: Callable[[List[Any]], Any] = default_collate
+        loader_batch, loader_workers = None, 0
+        if isinstance(data, DataLoader):
+            self.collate_fn = data.collate_fn or default_collate
+            loader_batch, loader_workers = data.batch_size, data.num_workers
+            data = data.dataset
+        if isinstance(data, Tensor):
+            if data.dim() < 2 or not data.is_floating_point():
+                raise TypeError(
+                    f"{name} must be a floating point (N, C, H, W) tensor, got "
+                    f"{data.dtype} of shape {tuple(data.shape)}"
+                )
+            self.tensor = data
+        elif isinstance(data, IterableDataset):
+            raise TypeError(
+                f"{name}: iterable datasets cannot be indexed; pass a map-style "
+                "Dataset (with __getitem__ and __len__)"
+            )
+        elif isinstance(data, Dataset) or (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")
+        ):
+            self.dataset = data
+        else:
+            raise TypeError(
+                f"{name} must be a Tensor, a map-style Dataset or a DataLoader, "
+                f"got {type(data).__name__}"
+            )
+        self.length = len(data)  # type: ignore[arg-type]
+        if self.length == 0:
+            raise ValueError(f"{name} is empty")
+        self.batch_size = int(batch_size or loader_batch or 32)
+        self.num_workers = loader_workers if num_workers is None else num_workers
+        if ids is None:
+            ids = getattr(data, "paths", None)
+        if labels is None:
+            labels = getattr(data, "labels", None)
+        self.ids = None if ids is None else [str(i) for i in ids]
+        self.labels = None if labels is None else list(labels)
+        for values, what in ((self.ids, "ids"), (self.labels, "labels")):
+            if values is not None and len(values) != self.length:
+                raise ValueError(
+                    f"{name}: {len(values)} {what} for {self.length} items"
+                )
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.length // self.batch_size)
+
+    def batch_indices(self, batch: int) -> List[int]:
+        """Indices of batch number ``batch`` (contiguous, batch_size long)."""
+        start = batch * self.batch_size
+        return list(range(start, min(start + self.batch_size, self.length)))
+
+    def take(self, indices: Sequence[int]) -> Tensor:
+        """The images of ``indices``, stacked (len(indices), C, H, W)."""
+        if self.tensor is not None:
+            return self.tensor[torch.as_tensor(list(indices), dtype=torch.long)]
+        assert self.dataset is not None
+        batch = self.collate_fn([self.dataset[i] for i in indices])
+        return _image_of(batch, self.name)
+
+    def batches(self, numbers: Sequence[int]) -> Iterator[tuple[int, Tensor]]:
+        """``(batch number, images)`` for each batch number, in order; datasets
+        are read by a DataLoader with ``num_workers`` workers."""
+        if self.tensor is not None or self.num_workers == 0:
+            for number in numbers:
+                yield number, self.take(self.batch_indices(number))
+            return
+        loader = DataLoader(
+            self.dataset,  # type: ignore[arg-type]
+            batch_sampler=[self.batch_indices(n) for n in numbers],
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
+        for number, batch in zip(numbers, loader):
+            yield number, _image_of(batch, self.name)
+
+    def item_id(self, index: int) -> Union[int, str]:
+        return index if self.ids is None else self.ids[index]
+
+    def item_label(self, index: int) -> Any:
+        return None if self.labels is None else self.labels[index]
+
+
+class ImageFiles(Dataset):
+    r"""A dataset of image files: item ``i`` is ``preprocess(paths[i])``.
+
+    Args:
+
+        paths (Sequence[str or Path]): the image files.
+        preprocess (Callable): path -> model input (C, H, W) or (1, C, H, W).
+        labels (Sequence, optional): a label per file.
+                    Default: None
+
+    ``ImageFiles.from_folder(root, preprocess)`` lists the images under
+    ``root`` recursively (sorted) and takes each file's top-level folder
+    below ``root`` as its label when every file sits in such a folder.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Union[str, Path]],
+        preprocess: Callable[[Path], Tensor],
+        labels: Optional[Sequence[Any]] = None,
+    ) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.preprocess = preprocess
+        self.labels = None if labels is None else list(labels)
+
+    @staticmethod
+    def folder_labels(root: Union[str, Path], paths: Sequence[Path]) -> Optional[list]:
+        """Each file's top-level folder under ``root``, or None when a file
+        lies directly in ``root`` (no labels then)."""
+        root = Path(root)
+        labels = []
+        for path in paths:
+            parts = Path(path).relative_to(root).parts
+            if len(parts) < 2:
+                return None
+            labels.append(parts[0])
+        return labels
+
+    @classmethod
+    def from_folder(
+        cls,
+        root: Union[str, Path],
+        preprocess: Callable[[Path], Tensor],
+        find: Optional[Callable[[Path], Sequence[Path]]] = None,
+    ) -> ImageFiles:
+        root = Path(root)
+        if find is None:
+            suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff"}
+            paths = sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file() and p.suffix.lower() in suffixes
+            )
+        else:
+            paths = list(find(root))
+        return cls(paths, preprocess, cls.folder_labels(root, paths))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        image = self.preprocess(self.paths[index])
+        return image[0] if image.dim() == 4 else image

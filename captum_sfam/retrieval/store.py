@@ -1,0 +1,188 @@
+r"""The on-disk format of a retrieval run, and its reader.
+
+A run directory holds, readable without pickle:
+
+- ``run.json``: the settings of the run (checked on resume);
+- ``results.jsonl``: one JSON line per query, in query order::
+
+      {"query": 3, "id": "queries/cat/1.jpg", "label": "cat",
+       "neighbours": [{"rank": 1, "index": 17, "id": "gallery/cat/4.jpg",
+                       "label": "cat", "similarity": 0.91}, ...],
+       "maps": {"file": "maps/batch-000000.safetensors", "row": 3},
+       "metrics": {"recall@1": 1.0, "recall@5": 1.0, "ap@5": 1.0}}
+
+  ``id`` and ``label`` are present when the run knows them (file paths and
+  folder names, say); ``metrics`` when labels are known;
+- ``maps/batch-NNNNNN.safetensors``: the maps of one batch of queries at the
+  layer's resolution in float16: ``query_maps`` (n, k, h, w), the query's map
+  for each of its k neighbours; ``neighbour_maps`` (n, k, h', w'), each
+  neighbour's map; ``contrast_maps`` (n, h, w) when the run made them;
+- ``parts/batch-NNNNNN.jsonl``: the lines of one batch, written after its
+  maps; a batch whose part exists is done, so a rerun resumes after it;
+- ``gallery_embeddings.safetensors``: the gallery's embeddings (M, D), float32;
+- ``summary.json``: counts, timings and mean metrics; ``index.html``: the report.
+
+safetensors files are memory-mapped by :func:`load_maps`: reading one query's
+maps reads those rows only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..demo.pretrained import _require
+
+PathLike = Union[str, Path]
+
+#: the dtype maps are stored in
+MAP_DTYPE = torch.float16
+RESULTS = "results.jsonl"
+MANIFEST = "run.json"
+SUMMARY = "summary.json"
+EMBEDDINGS = "gallery_embeddings.safetensors"
+MAPS_DIR = "maps"
+PARTS_DIR = "parts"
+#: every name a run writes (``resume=False`` removes these and nothing else)
+RUN_FILES = (RESULTS, MANIFEST, SUMMARY, EMBEDDINGS, "index.html")
+RUN_DIRS = (MAPS_DIR, PARTS_DIR, "thumbs")
+
+
+def shard_name(batch: int) -> str:
+    return f"{MAPS_DIR}/batch-{batch:06d}.safetensors"
+
+
+def part_name(batch: int) -> str:
+    return f"{PARTS_DIR}/batch-{batch:06d}.jsonl"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a
+    reader (or a rerun after a crash) sees the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def write_lines(path: Path, records: List[Dict[str, Any]]) -> None:
+    """Write JSON lines atomically."""
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    _atomic_write_bytes(path, text.encode())
+
+
+def read_lines(path: Path) -> List[Dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def save_tensors(
+    path: Path, tensors: Dict[str, Tensor], metadata: Optional[Dict[str, str]] = None
+) -> None:
+    """Write named tensors as a safetensors file, atomically."""
+    _require("safetensors", "safetensors")
+    from safetensors.torch import save
+
+    data = save(
+        {name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+        metadata=metadata,
+    )
+    _atomic_write_bytes(path, data)
+
+
+def load_tensor(path: Path, name: str) -> Tensor:
+    _require("safetensors", "safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(name)
+
+
+def read_results(out: PathLike) -> Iterator[Dict[str, Any]]:
+    r"""The records of ``results.jsonl`` of a finished run, in query order.
+
+    Args:
+
+        out (str or Path): the run directory.
+
+    Returns:
+        *Iterator[dict]*: one dict per query (see the module docstring),
+        read lazily line by line.
+    """
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no {RESULTS} in {out}: the run has not finished")
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_maps(
+    out: PathLike,
+    record: Dict[str, Any],
+    dtype: Optional[torch.dtype] = None,
+) -> Dict[str, Tensor]:
+    r"""The maps of one query of a run, read from its memory-mapped shard.
+
+    Args:
+
+        out (str or Path): the run directory.
+        record (dict): the query's record from :func:`read_results`.
+        dtype (torch.dtype, optional): convert the maps to this dtype
+                    (they are stored as float16).
+                    Default: None (float16)
+
+    Returns:
+        *dict[str, Tensor]*: ``"query"`` (k, h, w), the query's map for each
+        neighbour, best first; ``"neighbours"`` (k, h', w'), each neighbour's
+        map; ``"contrast"`` (h, w) when the run made contrastive maps. Layer
+        resolution: upsample with ``LayerAttribution.interpolate``.
+
+    Examples::
+
+        >>> for record in read_results("run"):
+        ...     maps = load_maps("run", record)
+        ...     best = maps["neighbours"][0]  # the rank-1 neighbour's map
+    """
+    _require("safetensors", "safetensors")
+    from safetensors import safe_open
+
+    where = record["maps"]
+    row = int(where["row"])
+    names = {"query": "query_maps", "neighbours": "neighbour_maps"}
+    names["contrast"] = "contrast_maps"
+    result = {}
+    with safe_open(str(Path(out) / where["file"]), framework="pt") as handle:
+        present = set(handle.keys())
+        for key, name in names.items():
+            if name in present:
+                value = handle.get_slice(name)[row : row + 1][0]
+                result[key] = value if dtype is None else value.to(dtype)
+    return result
+
+
+def remove_run(out: Path) -> None:
+    """Delete what a run wrote in ``out`` (its known file names only)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        folder = out / name
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_file():
+                    child.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
