@@ -5,13 +5,16 @@ Captum's ``visualize_image_attr`` takes numpy arrays in channels-last layout;
 size (bilinear, as in the SFAM paper). :func:`visualize_pair` draws the query
 and each support image with their maps; :func:`compare_methods` draws one row
 per method. Both return matplotlib figures (no pyplot state is touched) and
-save them when given a path.
+save them when given a path. Both take the normalisation the model used
+(``mean=``/``std=`` or ``denormalize=``) and draw the image a person sees; a
+float image outside [0, 1] without it is min-max scaled with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from captum.attr import LayerAttribution
@@ -31,14 +34,81 @@ def to_hwc(attribution: Tensor, size: Tuple[int, int]) -> np.ndarray:
     return up[0].permute(1, 2, 0).numpy()
 
 
-def _image(image: ArrayLike) -> np.ndarray:
+Normalization = Optional[Sequence[float]]
+
+
+def _image(
+    image: ArrayLike,
+    mean: Normalization = None,
+    std: Normalization = None,
+    denormalize: Optional[Callable[[ArrayLike], ArrayLike]] = None,
+) -> np.ndarray:
+    r"""An image as drawn: numpy (H, W, 3) in [0, 1].
+
+    ``denormalize(image)`` or ``image * std + mean`` (per channel) undo the
+    model's normalisation. Integer images are divided by their type's maximum
+    (255 for uint8). A float image outside [0, 1] with no normalisation given
+    is min-max scaled with a warning naming ``mean=``/``std=``/``denormalize=``
+    (so it is never drawn as a black or clipped panel).
+    """
+    if denormalize is not None and (mean is not None or std is not None):
+        raise ValueError("pass either mean=/std= or denormalize=, not both")
+    if (mean is None) != (std is None):
+        raise ValueError("mean= and std= go together: pass both")
+    given = denormalize is not None or mean is not None
+    if denormalize is not None:
+        image = denormalize(image)
     array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
-    array = np.asarray(array, dtype=np.float64)
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]  # a batch of one
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = array.transpose(1, 2, 0)  # CHW -> HWC
-    if array.max() > 1.0:
-        array = array / 255.0
-    return np.clip(array, 0.0, 1.0)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"expected an image (H, W, 3) or (3, H, W), got shape {array.shape}"
+        )
+    array = array[..., :3]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        if mean is not None:
+            raise ValueError(
+                "mean=/std= apply to float model inputs, not to an integer image"
+            )
+        top = 1 if array.dtype == np.bool_ else np.iinfo(array.dtype).max
+        return array.astype(np.float64) / top
+    array = array.astype(np.float64)
+    if mean is not None:
+        m, s = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        if m.size not in (1, 3) or s.size not in (1, 3):
+            raise ValueError("mean= and std= take 1 or 3 numbers")
+        array = array * s.reshape(-1) + m.reshape(-1)
+    finite = array[np.isfinite(array)]
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 0.0
+    tolerance = 0.05  # bilinear resizing overshoots a little
+    if low < -tolerance or high > 1.0 + tolerance:
+        if given:
+            warnings.warn(
+                f"the denormalised image lies in [{low:.3g}, {high:.3g}], not "
+                "[0, 1]: check that mean=/std= (or denormalize=) are the "
+                "normalisation the model used; shown min-max scaled",
+                stacklevel=3,
+            )
+        else:
+            warnings.warn(
+                f"image values lie in [{low:.3g}, {high:.3g}], outside [0, 1]: "
+                "shown min-max scaled. Pass the model's normalisation, "
+                "mean=/std= (e.g. mean=(0.485, 0.456, 0.406), std=(0.229, "
+                "0.224, 0.225)) or denormalize=, to show the image as it is",
+                stacklevel=3,
+            )
+        span = high - low
+        array = (array - low) / span if span > 0 else np.zeros_like(array)
+    return np.clip(np.nan_to_num(array, nan=0.0), 0.0, 1.0)
 
 
 def _draw(ax, attribution: Tensor, image: np.ndarray, title: str, sign: str) -> None:
@@ -70,11 +140,21 @@ def visualize_pair(
     similarity: Optional[float] = None,
     sign: str = "positive",
     path: Union[None, str, Path] = None,
+    mean: Normalization = None,
+    std: Normalization = None,
+    denormalize: Optional[Callable[[ArrayLike], ArrayLike]] = None,
 ):
     r"""Query and support images with their maps, one figure.
 
+    Pass the images as the model took them together with the normalisation
+    it used (``mean=``/``std=``, or ``denormalize=``): the figure shows the
+    image a person sees. A float image outside [0, 1] without them is shown
+    min-max scaled, with a ``UserWarning`` naming these arguments.
+
     Args:
-        query_image: (H, W, 3) or (3, H, W) image, values in [0, 1] or [0, 255].
+        query_image: (H, W, 3), (3, H, W) or (1, 3, H, W) image: a model input
+                    (with ``mean``/``std`` or ``denormalize``), floats in
+                    [0, 1], or an integer image (uint8 in [0, 255]).
         query_map (Tensor): the query's map, (1, h, w) or (1, 1, h, w).
         support_images: the K support images.
         support_maps (Tensor, optional): (K, 1, h', w') maps of the support
@@ -83,6 +163,14 @@ def visualize_pair(
         similarity (float, optional): the pair's similarity, shown in the title.
         sign (str): Captum's sign ("positive", "absolute_value", "all").
         path: where to save the figure (PNG), if given.
+        mean (sequence of float, optional): the per-channel mean the model's
+                    inputs were normalised with; the image is drawn as
+                    ``image * std + mean``. Default: None
+        std (sequence of float, optional): the per-channel standard
+                    deviation, given with ``mean``. Default: None
+        denormalize (Callable, optional): instead of ``mean``/``std``, maps
+                    each image as passed to an image in [0, 1] (any layout
+                    accepted here). Default: None
 
     Returns:
         a ``matplotlib.figure.Figure``.
@@ -92,13 +180,13 @@ def visualize_pair(
     columns = 2 + len(support_images)
     fig = Figure(figsize=(3 * columns, 3.4))
     axes = fig.subplots(1, columns)
-    query = _image(query_image)
+    query = _image(query_image, mean, std, denormalize)
     axes[0].imshow(query)
     axes[0].set_title("query")
     axes[0].axis("off")
     _draw(axes[1], query_map, query, "query map", sign)
     for k, support in enumerate(support_images):
-        image = _image(support)
+        image = _image(support, mean, std, denormalize)
         if support_maps is None:
             axes[2 + k].imshow(image)
             axes[2 + k].set_title(f"support {k}")
@@ -122,16 +210,23 @@ def compare_methods(
     sign: str = "positive",
     title: Optional[str] = None,
     path: Union[None, str, Path] = None,
+    mean: Normalization = None,
+    std: Normalization = None,
+    denormalize: Optional[Callable[[ArrayLike], ArrayLike]] = None,
 ):
     r"""A grid: one row per method, the query's map then each support's map.
 
     Args:
-        query_image, support_images: as in :func:`visualize_pair`.
+        query_image, support_images: as in :func:`visualize_pair`; pass the
+                    model's normalisation with ``mean``/``std`` or
+                    ``denormalize`` to draw model inputs.
         results: method name -> (query map (1, h, w), support maps (K, 1, h', w')
                     or None).
         sign (str): Captum's sign.
         title (str, optional): figure title.
         path: where to save the figure (PNG), if given.
+        mean, std, denormalize: the model's normalisation, as in
+                    :func:`visualize_pair`. Default: None
 
     Returns:
         a ``matplotlib.figure.Figure``.
@@ -143,8 +238,8 @@ def compare_methods(
     axes = np.atleast_2d(np.asarray(fig.subplots(rows, columns), dtype=object))
     if columns == 1:
         axes = axes.reshape(rows, 1)
-    query = _image(query_image)
-    supports = [_image(s) for s in support_images]
+    query = _image(query_image, mean, std, denormalize)
+    supports = [_image(s, mean, std, denormalize) for s in support_images]
     for row, (name, (query_map, support_maps)) in enumerate(results.items()):
         _draw(axes[row, 0], query_map, query, f"{name}: query", sign)
         axes[row, 0].title.set_fontsize(9)

@@ -12,115 +12,60 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ..demo.pretrained import INPUT_SIZE, _require
-from ..methods import REGISTRY, PairAttribution
+from ..methods import REGISTRY
 from ..methods.sfam import LayerSFAM, weight_spread
 from ..similarity import embed, paired_similarity, prototypes
+from .loading import (
+    CLIError,
+    add_model_arguments,
+    build_method,
+    load_model,
+    model_from_args,
+    resolve_layer,
+)
 
-DEFAULT_LAYERS = {"efficientnet_lite0": "bn2"}
+#: matplotlib's figure formats (``--out`` extensions), without the dot
+FIGURE_FORMATS = (
+    "eps",
+    "jpeg",
+    "jpg",
+    "pdf",
+    "pgf",
+    "png",
+    "ps",
+    "raw",
+    "rgba",
+    "svg",
+    "svgz",
+    "tif",
+    "tiff",
+    "webp",
+)
 
 
-class CLIError(Exception):
-    """An error the command line reports in one line."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors reported in one line (``captum-sfam: error: ...``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(message)
 
 
-# ------------------------------------------------------------ models -------
-def _strip_classifier(model: Module) -> Module:
-    """Turn a torchvision classifier into an embedding model (penultimate layer)."""
-    for name in ("fc", "classifier", "heads", "head"):
-        if isinstance(getattr(model, name, None), Module):
-            setattr(model, name, torch.nn.Identity())
-            break
-    return model
-
-
-def load_model(name: str, weights: Optional[str]) -> Module:
-    """The embedding model named on the command line, in eval mode."""
-    if name == "efficientnet_lite0":
-        if weights:
-            raise CLIError("--weights applies to torchvision models only")
-        from ..demo.pretrained import efficientnet_lite0
-
-        try:
-            return efficientnet_lite0(embedding=True)
-        except ImportError as error:
-            raise CLIError(str(error)) from error
-    path = Path(name)
-    if path.suffix in (".pt", ".pth", ".ts") or path.exists():
-        raise CLIError(
-            f"{name}: pass a torchvision architecture name with --model and the "
-            "state dict with --weights (TorchScript models cannot be hooked)"
+def figure_path(value: str) -> Path:
+    """``--out``: a figure file whose extension matplotlib can write."""
+    path = Path(value)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"cannot write a figure as {path.name!r}: use one of "
+            + ", ".join(f".{f}" for f in FIGURE_FORMATS)
         )
-    try:
-        _require("torchvision", "torchvision")
-    except ImportError as error:
-        raise CLIError(str(error)) from error
-    import torchvision
-
-    if name not in torchvision.models.list_models():
-        raise CLIError(
-            f"unknown model {name!r}: use efficientnet_lite0 or a torchvision "
-            "model name (torchvision.models.list_models())"
-        )
-    if weights:
-        model = torchvision.models.get_model(name, weights=None)
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError as error:
-            raise CLIError(f"no such weights file: {weights}") from error
-        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
-            raise CLIError(f"cannot read weights {weights}: {error}") from error
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as error:
-            first = str(error).splitlines()[0]
-            raise CLIError(f"{weights} does not fit {name}: {first}") from error
-    else:
-        try:
-            model = torchvision.models.get_model(name, weights="DEFAULT")
-        except Exception as error:  # noqa: BLE001 - the download's many failures
-            raise CLIError(
-                f"could not download the pretrained weights of {name} (no "
-                f"internet?): {type(error).__name__}. Pass --weights FILE, or use "
-                "the offline default --model efficientnet_lite0"
-            ) from error
-    return _strip_classifier(model).eval()
-
-
-def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Module:
-    name = layer or DEFAULT_LAYERS.get(model_name)
-    if name is None:
-        if hasattr(model, "layer4"):
-            name = "layer4"
-        else:
-            raise CLIError(f"--layer is needed for {model_name}")
-    try:
-        return model.get_submodule(name)
-    except AttributeError as error:
-        children = ", ".join(n for n, _ in model.named_children())
-        raise CLIError(
-            f"unknown layer {name!r} (top-level modules: {children})"
-        ) from error
-
-
-def build_method(
-    method: str, model: Module, layer: Module, metric: str
-) -> PairAttribution:
-    if method not in REGISTRY:
-        raise CLIError(f"unknown method {method!r}: one of {', '.join(REGISTRY)}")
-    member = REGISTRY[method]
-    if metric not in member.supported_metrics:
-        metrics = " or ".join(f"--metric {m}" for m in member.supported_metrics)
-        raise CLIError(f"{method} is defined for {metrics} only")
-    return member.cls(model, layer, metric=metric)
+    return path
 
 
 def similarity(model: Module, query: Tensor, support: Tensor, metric: str) -> float:
@@ -133,37 +78,37 @@ def similarity(model: Module, query: Tensor, support: Tensor, metric: str) -> fl
 
 # ------------------------------------------------------------ commands -----
 def explain(args: argparse.Namespace) -> int:
-    from ..demo.pretrained import load_image, to_display
     from ..visualization import visualize_pair
 
     paths = [args.query, *args.support]
-    try:
-        images = [load_image(p, args.size) for p in paths]
-    except (FileNotFoundError, ValueError) as error:
-        raise CLIError(str(error)) from error
-    model = load_model(args.model, args.weights)
-    layer = resolve_layer(model, args.model, args.layer)
-    method = build_method(args.method, model, layer, args.metric)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise CLIError(f"no such image file: {missing[0]}")
+    loaded = model_from_args(args)
+    images = [loaded.preprocess(p).unsqueeze(0) for p in paths]
     query, support = images[0], torch.cat(images[1:])
     try:
-        q_map, s_maps = method.attribute(
+        q_map, s_maps = loaded.method.attribute(
             query, support, return_support_attributions=True
         )
-    except ValueError as error:
-        raise CLIError(str(error)) from error
-    sim = similarity(model, query, support, args.metric)
+        sim = similarity(loaded.model, query, support, args.metric)
+    except (ValueError, TypeError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise CLIError(lines[0]) from error
     name = REGISTRY[args.method].display_name
     print(f"{args.metric} similarity of {args.query} to the support: {sim:.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     visualize_pair(
-        to_display(query),
+        query[0],
         q_map[0],
-        [to_display(s) for s in support],
+        list(support),
         s_maps[0],
         method=name,
         similarity=sim,
         path=out,
+        mean=loaded.mean,
+        std=loaded.std,
     )
     print(f"wrote {out}")
     return 0
@@ -276,7 +221,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="captum-sfam",
         description="Visual explanations of metric-learning decisions (SFAM and "
         "its baselines).",
@@ -290,21 +235,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_exp = commands.add_parser("explain", help="explain a query against a support")
     p_exp.add_argument("query", help="query image file")
     p_exp.add_argument("support", nargs="+", help="support image file(s), K shots")
+    add_model_arguments(p_exp)
     p_exp.add_argument(
-        "--model",
-        default="efficientnet_lite0",
-        help="efficientnet_lite0 (offline, default) or a torchvision model name",
+        "--out",
+        default="explanation.png",
+        type=figure_path,
+        help="figure to write (.png, .pdf, .svg, .jpg, ...)",
     )
-    p_exp.add_argument(
-        "--weights", help="state dict for a torchvision model (weights_only load)"
-    )
-    p_exp.add_argument("--layer", help="dotted name of the layer to explain")
-    p_exp.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    p_exp.add_argument("--method", default="sfam", help=", ".join(REGISTRY))
-    p_exp.add_argument(
-        "--size", type=int, default=INPUT_SIZE, help="input size in pixels"
-    )
-    p_exp.add_argument("--out", default="explanation.png", help="figure to write")
     p_exp.set_defaults(run=explain)
     p_bench = commands.add_parser(
         "bench", help="benchmark every method with ground truth (offline)"
@@ -313,12 +250,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     bench.add_arguments(p_bench)
     p_bench.set_defaults(run=bench.main_args)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.run(args)
     except CLIError as error:
         print(f"captum-sfam: error: {error}", file=sys.stderr)
         return 2
+
+
+# re-exported from .loading (their home since the loaders moved there)
+__all__ = [
+    "CLIError",
+    "build_method",
+    "explain",
+    "load_model",
+    "main",
+    "model_from_args",
+    "resolve_layer",
+]
 
 
 if __name__ == "__main__":
