@@ -11,7 +11,18 @@ r"""Evaluation protocols for pair explanations (needs the ``eval`` extra: scipy)
   object that matches its support; a pair-agnostic map scores 0.5. Also how
   much the map moves when the support is swapped.
 - :func:`deletion_insertion` (RISE, Petsiuk et al., BMVC 2018) with the pair's
-  similarity as the score.
+  similarity as the score, and its pair forms:
+  :func:`conditional_deletion_insertion` (perturb the query, keep the
+  support), :func:`simultaneous_deletion_insertion` (perturb both, each by its
+  own map) and :func:`contrastive_deletion_insertion` (the margin
+  :math:`s(q, S) - s(q, S')` as the query is perturbed);
+  :func:`pair_similarity_fn` builds their pair score from a model.
+- :func:`correspondence_pck` (``correspondence.py``): point-to-point maps
+  scored on pairs of known geometry (:func:`flip_pair`, :func:`crop_pair`,
+  :func:`rescale_pair`; :func:`true_cells` gives each query cell's support
+  cell).
+- ``captum_sfam.metrics.quantus``: :class:`~.quantus.SupportSimilarityModel`
+  and :func:`~.quantus.explain`, so that Quantus scores pair attributions.
 - :func:`sanity_check` (Adebayo et al., NeurIPS 2018; SFAM paper 4.4):
   cascading randomisation from the top layer down, Spearman rank correlation
   with the original map at each step.
@@ -22,6 +33,15 @@ Boxes are ``(x0, y0, x1, y1)`` in pixels of the map's frame, half-open
 (upsample layer maps with ``LayerAttribution.interpolate(..., "bilinear")``).
 """
 
+from .correspondence import (
+    KnownPair,
+    correspondence_pck,
+    crop_pair,
+    flip_pair,
+    known_geometry_pair,
+    rescale_pair,
+    true_cells,
+)
 from .localization import (
     Box,
     box_from_map,
@@ -30,21 +50,39 @@ from .localization import (
     normalize_map,
     pointing_game,
 )
-from .pairs import deletion_insertion, pair_specificity
+from .pairs import (
+    conditional_deletion_insertion,
+    contrastive_deletion_insertion,
+    deletion_insertion,
+    pair_similarity_fn,
+    pair_specificity,
+    simultaneous_deletion_insertion,
+)
 from .retrieval import nearest_neighbours, recall_at_k
 from .sanity import sanity_check, spearman
 
 __all__ = [
     "Box",
+    "KnownPair",
     "box_from_map",
     "box_iou",
+    "conditional_deletion_insertion",
+    "contrastive_deletion_insertion",
+    "correspondence_pck",
+    "crop_pair",
     "deletion_insertion",
+    "flip_pair",
+    "known_geometry_pair",
     "localization",
     "nearest_neighbours",
     "normalize_map",
+    "pair_similarity_fn",
     "pair_specificity",
     "pointing_game",
     "recall_at_k",
+    "rescale_pair",
     "sanity_check",
+    "simultaneous_deletion_insertion",
     "spearman",
+    "true_cells",
 ]

@@ -68,6 +68,170 @@ def _auc(curve: Tensor) -> float:
     return float(torch.trapezoid(curve, dx=1.0 / (curve.numel() - 1)))
 
 
+PairScore = Callable[[Tensor, Tensor], Tensor]
+SUBSTRATES = ("zeros", "blur")
+
+
+def pair_similarity_fn(
+    model: Callable[..., Tensor], metric: str = "cosine"
+) -> PairScore:
+    r"""The pair score the pair metrics perturb: :math:`s(q, S)`.
+
+    Args:
+        model (Callable): embedding model, images (B, C, H, W) -> (B, D)
+                    (or (B, ...), flattened).
+        metric (str): "cosine" or "euclidean" (negative squared distance).
+                    Default: "cosine"
+
+    Returns:
+        ``pair_score(queries, supports)``: queries (B, C, H, W) and supports
+        (B, K, C, H', W') -> (B,) similarities of each query to the mean
+        embedding of its K shots (Eq. 1), computed without a graph.
+    """
+    from ..similarity import embed, paired_similarity
+
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+
+    def pair_score(queries: Tensor, supports: Tensor) -> Tensor:
+        shots = supports.shape[1]
+        proto = embed(model, supports.flatten(0, 1))
+        proto = proto.reshape(supports.shape[0], shots, -1).mean(dim=1)
+        return paired_similarity(embed(model, queries), proto, metric)
+
+    return pair_score
+
+
+def _image(x: Tensor, name: str) -> Tensor:
+    """(C, H, W) or (1, C, H, W) -> (1, C, H, W), checked."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating point Tensor")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[-2:].numel() == 0:
+        raise ValueError(f"{name} must be one (C, H, W) image, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def _shots(x: Tensor, name: str) -> Tensor:
+    """(C, H, W), (K, C, H, W) or (1, K, C, H, W) -> (K, C, H, W), checked."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating point Tensor")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() == 5 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 4 or x.shape[0] == 0 or x.shape[-2:].numel() == 0:
+        raise ValueError(
+            f"{name} must be (C, H, W) or K shots (K, C, H, W), got {tuple(x.shape)}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def _maps(saliency: Tensor, images: Tensor, name: str) -> Tensor:
+    """One (H, W) map per image of ``images`` (N, C, H, W) -> (N, H, W) float."""
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"{name} must be a Tensor")
+    m = saliency.detach().float().to(images.device)
+    count, size = images.shape[0], tuple(images.shape[-2:])
+    if count == 1:
+        while m.dim() > 2 and m.shape[0] == 1:
+            m = m[0]
+        m = m.unsqueeze(0)
+    elif m.dim() == 4 and m.shape[1] == 1:  # (K, 1, H, W), Captum's layout
+        m = m[:, 0]
+    if m.dim() != 3 or m.shape[0] != count or tuple(m.shape[-2:]) != size:
+        want = size if count == 1 else (count, *size)
+        raise ValueError(
+            f"{name} {tuple(saliency.shape)} must match its images: one {want} map"
+            + ("" if count == 1 else " per shot")
+        )
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return m
+
+
+class _Track:
+    """Images (N, C, H, W) perturbed pixel by pixel in the order of their maps."""
+
+    def __init__(self, images: Tensor, maps: Tensor, steps: int) -> None:
+        self.images = images
+        count, height, width = maps.shape
+        order = torch.argsort(maps.flatten(1), dim=1, descending=True, stable=True)
+        # rank[n, p]: when pixel p of image n is taken (0 = first)
+        self.rank = torch.empty_like(order)
+        positions = torch.arange(height * width, device=order.device)
+        self.rank.scatter_(1, order, positions.expand(count, -1))
+        self.per_step = int(np.ceil(height * width / steps))
+        self.shape = (count, 1, height, width)
+
+    def frame(self, step: int, base: Tensor, fill: Tensor) -> Tensor:
+        mask = (self.rank < step * self.per_step).to(base.dtype).reshape(self.shape)
+        return base * (1 - mask) + fill * mask
+
+
+def _curves(
+    score: Callable[..., Tensor],
+    tracks: List[_Track],
+    steps: int,
+    substrate: str,
+    blur_sigma: float,
+    batch_size: int,
+) -> Dict[str, object]:
+    r"""Deletion and insertion curves of ``score`` over all tracks at once.
+
+    At step t every track has its first :math:`t\lceil HW/steps\rceil` pixels
+    (its own H, W) deleted (or inserted); ``score(*frames)`` takes one
+    (S, N_i, C, H_i, W_i) tensor per track and returns (S,) scores.
+    """
+    if substrate not in SUBSTRATES:
+        raise ValueError(f"substrate must be 'zeros' or 'blur', got {substrate!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    blurred = [_gaussian_blur(t.images, blur_sigma) for t in tracks]
+    zeros = [torch.zeros_like(t.images) for t in tracks]
+    deletion_fill = zeros if substrate == "zeros" else blurred
+
+    def curve(bases: List[Tensor], fills: List[Tensor]) -> Tensor:
+        scores: List[Tensor] = []
+        for start in range(0, steps + 1, batch_size):
+            chunk = range(start, min(start + batch_size, steps + 1))
+            frames = [
+                torch.stack([t.frame(s, b, f) for s in chunk])
+                for t, b, f in zip(tracks, bases, fills)
+            ]
+            with torch.no_grad():
+                out = score(*frames)
+            if not isinstance(out, Tensor) or tuple(out.shape) != (len(chunk),):
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out)
+                raise ValueError(
+                    f"the score function must return one score per image, "
+                    f"({len(chunk)},), got {got}"
+                )
+            out = out.detach().cpu()
+            out = out.to(torch.promote_types(out.dtype, torch.float32))
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError("the score function returned NaN or inf values")
+            scores.append(out)
+        return torch.cat(scores)
+
+    images = [t.images for t in tracks]
+    deletion = curve(images, deletion_fill)
+    insertion = curve(blurred, images)
+    return {
+        "deletion_auc": _auc(deletion),
+        "insertion_auc": _auc(insertion),
+        "deletion_curve": deletion,
+        "insertion_curve": insertion,
+    }
+
+
 def deletion_insertion(
     score_fn: Callable[[Tensor], Tensor],
     image: Tensor,
@@ -98,46 +262,161 @@ def deletion_insertion(
 
     Returns:
         dict with ``deletion_auc``, ``insertion_auc`` and the two curves
-        (tensors of ``steps + 1`` scores).
+        (tensors of ``steps + 1`` scores, float32 or wider).
     """
-    if substrate not in ("zeros", "blur"):
-        raise ValueError(f"substrate must be 'zeros' or 'blur', got {substrate!r}")
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
-    x = image if image.dim() == 4 else image.unsqueeze(0)
-    m = _map2d(saliency)
-    height, width = x.shape[-2:]
-    if tuple(m.shape) != (height, width):
-        raise ValueError(
-            f"saliency {tuple(m.shape)} must match the image {height, width}"
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable")
+    x = _image(image, "image")
+    track = _Track(x, _maps(saliency, x, "saliency"), steps if steps >= 1 else 1)
+    return _curves(
+        lambda q: score_fn(q[:, 0]), [track], steps, substrate, blur_sigma, batch_size
+    )
+
+
+def conditional_deletion_insertion(
+    pair_score: PairScore,
+    query: Tensor,
+    support: Tensor,
+    query_saliency: Tensor,
+    steps: int = 32,
+    substrate: str = "zeros",
+    blur_sigma: float = 5.0,
+    batch_size: int = 16,
+) -> Dict[str, object]:
+    r"""Deletion and insertion of the query, the support kept intact.
+
+    The score is :math:`s(q_t, S)`: the query loses (or regains) its pixels by
+    decreasing ``query_saliency`` while the support stays whole. This is RISE
+    on the query *conditioned on* its support: it asks whether the query map
+    finds the evidence for this particular match.
+
+    Args:
+        pair_score (Callable): queries (B, C, H, W), supports (B, K, C, H', W')
+                    -> (B,) pair scores, e.g. :func:`pair_similarity_fn`.
+        query (Tensor): (C, H, W) or (1, C, H, W).
+        support (Tensor): (C, H', W'), or K shots (K, C, H', W').
+        query_saliency (Tensor): (H, W) map at the query's resolution.
+        steps, substrate, blur_sigma, batch_size: as in
+                    :func:`deletion_insertion`.
+
+    Returns:
+        dict with ``deletion_auc`` (lower is better), ``insertion_auc``
+        (higher is better) and the two curves (``steps + 1`` scores, float32
+        or wider).
+    """
+    if not callable(pair_score):
+        raise TypeError("pair_score must be callable")
+    q, s = _image(query, "query"), _shots(support, "support")
+    track = _Track(q, _maps(query_saliency, q, "query_saliency"), max(steps, 1))
+
+    def score(frames: Tensor) -> Tensor:
+        return pair_score(frames[:, 0], s.expand(frames.shape[0], *s.shape))
+
+    return _curves(score, [track], steps, substrate, blur_sigma, batch_size)
+
+
+def simultaneous_deletion_insertion(
+    pair_score: PairScore,
+    query: Tensor,
+    support: Tensor,
+    query_saliency: Tensor,
+    support_saliency: Tensor,
+    steps: int = 32,
+    substrate: str = "zeros",
+    blur_sigma: float = 5.0,
+    batch_size: int = 16,
+) -> Dict[str, object]:
+    r"""Deletion and insertion of both images, each by its own map.
+
+    The score is :math:`s(q_t, S_t)`: at step t the query and every support
+    shot have lost (or regained) the same fraction t/steps of their pixels,
+    each in the order of its own map. This scores the pair of maps together
+    (what the two images have in common should go first).
+
+    Args:
+        pair_score (Callable): queries (B, C, H, W), supports (B, K, C, H', W')
+                    -> (B,) pair scores, e.g. :func:`pair_similarity_fn`.
+        query (Tensor): (C, H, W) or (1, C, H, W).
+        support (Tensor): (C, H', W'), or K shots (K, C, H', W').
+        query_saliency (Tensor): (H, W) map of the query.
+        support_saliency (Tensor): (H', W') map of a one-shot support, or
+                    (K, H', W'), one map per shot.
+        steps, substrate, blur_sigma, batch_size: as in
+                    :func:`deletion_insertion`.
+
+    Returns:
+        dict with ``deletion_auc`` (lower is better), ``insertion_auc``
+        (higher is better) and the two curves (``steps + 1`` scores, float32
+        or wider).
+    """
+    if not callable(pair_score):
+        raise TypeError("pair_score must be callable")
+    q, s = _image(query, "query"), _shots(support, "support")
+    n = max(steps, 1)
+    tracks = [
+        _Track(q, _maps(query_saliency, q, "query_saliency"), n),
+        _Track(s, _maps(support_saliency, s, "support_saliency"), n),
+    ]
+    return _curves(
+        lambda qf, sf: pair_score(qf[:, 0], sf),
+        tracks,
+        steps,
+        substrate,
+        blur_sigma,
+        batch_size,
+    )
+
+
+def contrastive_deletion_insertion(
+    pair_score: PairScore,
+    query: Tensor,
+    support: Tensor,
+    contrast: Tensor,
+    saliency: Tensor,
+    steps: int = 32,
+    substrate: str = "zeros",
+    blur_sigma: float = 5.0,
+    batch_size: int = 16,
+) -> Dict[str, object]:
+    r"""Deletion and insertion of the query scored by a similarity margin.
+
+    The score is the margin :math:`s(q_t, S) - s(q_t, S')` of the support
+    over the contrast (few-shot: the predicted class against the runner-up;
+    retrieval: rank 1 against rank 2). A map that answers "why S and not S'"
+    puts first the pixels that make the query closer to S than to S', so
+    deleting them drops the margin fastest (low deletion AUC) and inserting
+    them raises it fastest (high insertion AUC). A pair-agnostic map, or one
+    that explains S alone, deletes evidence S and S' share and moves the
+    margin little.
+
+    Args:
+        pair_score (Callable): queries (B, C, H, W), supports (B, K, C, H', W')
+                    -> (B,) pair scores, e.g. :func:`pair_similarity_fn`.
+        query (Tensor): (C, H, W) or (1, C, H, W).
+        support (Tensor): (C, H', W') or (K, C, H', W'), the support explained.
+        contrast (Tensor): (C, H'', W'') or (K', C, H'', W''), the alternative.
+        saliency (Tensor): (H, W) map of the query (a contrastive map).
+        steps, substrate, blur_sigma, batch_size: as in
+                    :func:`deletion_insertion`.
+
+    Returns:
+        dict with ``deletion_auc`` (lower is better), ``insertion_auc``
+        (higher is better) and the two margin curves (``steps + 1`` scores,
+        float32 or wider).
+    """
+    if not callable(pair_score):
+        raise TypeError("pair_score must be callable")
+    q = _image(query, "query")
+    s, c = _shots(support, "support"), _shots(contrast, "contrast")
+    track = _Track(q, _maps(saliency, q, "saliency"), max(steps, 1))
+
+    def score(frames: Tensor) -> Tensor:
+        queries, count = frames[:, 0], frames.shape[0]
+        return pair_score(queries, s.expand(count, *s.shape)) - pair_score(
+            queries, c.expand(count, *c.shape)
         )
-    blurred = _gaussian_blur(x, blur_sigma)
-    deletion_fill = torch.zeros_like(x) if substrate == "zeros" else blurred
-    order = torch.argsort(m.flatten(), descending=True, stable=True).to(x.device)
-    per_step = int(np.ceil(height * width / steps))
 
-    def curve(base: Tensor, fill: Tensor) -> Tensor:
-        scores: List[Tensor] = []
-        frames = []
-        for step in range(steps + 1):
-            mask = torch.zeros(height * width, device=x.device, dtype=x.dtype)
-            mask[order[: step * per_step]] = 1.0
-            mask = mask.reshape(1, 1, height, width)
-            frames.append(base * (1 - mask) + fill * mask)
-            if len(frames) == batch_size or step == steps:
-                with torch.no_grad():
-                    scores.append(score_fn(torch.cat(frames)).detach().float().cpu())
-                frames = []
-        return torch.cat(scores)
-
-    deletion = curve(x, deletion_fill)
-    insertion = curve(blurred, x)
-    return {
-        "deletion_auc": _auc(deletion),
-        "insertion_auc": _auc(insertion),
-        "deletion_curve": deletion,
-        "insertion_curve": insertion,
-    }
+    return _curves(score, [track], steps, substrate, blur_sigma, batch_size)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
