@@ -239,7 +239,9 @@ def compare_methods(
     if columns == 1:
         axes = axes.reshape(rows, 1)
     query = _image(query_image, mean, std, denormalize)
-    supports = [_image(s, mean, std, denormalize) for s in support_images]
+    supports = []
+    for support in support_images:  # a loop, so warnings point at the caller
+        supports.append(_image(support, mean, std, denormalize))
     for row, (name, (query_map, support_maps)) in enumerate(results.items()):
         _draw(axes[row, 0], query_map, query, f"{name}: query", sign)
         axes[row, 0].title.set_fontsize(9)
