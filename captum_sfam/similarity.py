@@ -2,7 +2,7 @@ r"""SimilarityTarget: make any Captum method explain a metric-learning model."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from ._utils.checks import check_finite, check_metric
 #: Embeddings whose norm is below this have cosine similarity 0 (as in
 #: ``torch.nn.functional.cosine_similarity``), e.g. an all-black IG baseline.
 COSINE_EPS = 1e-8
+
+#: a learned similarity: (x (P, D), y (P, D)) -> (P,) scores, row by row
+MetricFunc = Callable[[Tensor, Tensor], Tensor]
 
 
 def flatten_embeddings(embeddings: Tensor) -> Tensor:
@@ -77,12 +80,50 @@ def similarity_matrix(embeddings: Tensor, references: Tensor, metric: str) -> Te
     return -(diff * diff).sum(dim=-1)
 
 
-def paired_similarity(embeddings: Tensor, references: Tensor, metric: str) -> Tensor:
-    """Row-wise similarities (B,) between embeddings (B, D) and references (B, D)."""
+def paired_similarity(
+    embeddings: Tensor, references: Tensor, metric: Union[str, MetricFunc]
+) -> Tensor:
+    """Row-wise similarities (B,) between embeddings (B, D) and references (B, D).
+
+    ``metric`` may be a learned similarity: a callable scoring two (P, D)
+    batches row by row."""
+    if callable(metric):
+        return _check_scores(metric(embeddings, references), embeddings.shape[0])
     if metric == "cosine":
         return F.cosine_similarity(embeddings, references, dim=-1, eps=COSINE_EPS)
     diff = embeddings - references
     return -(diff * diff).sum(dim=-1)
+
+
+def _check_scores(scores: object, count: int) -> Tensor:
+    if not isinstance(scores, Tensor) or scores.numel() != count:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
+        raise ValueError(
+            f"metric (a callable) must return {count} scores, one per pair of "
+            f"embeddings, got {shape}"
+        )
+    return scores.reshape(count)
+
+
+def _reference_embeddings(references: object, name: str, metric: str) -> Tensor:
+    """Checked (R, D) reference embeddings from (R, ...) or (D,), detached."""
+    if not isinstance(references, Tensor):
+        raise TypeError(f"{name} must be a Tensor")
+    if not references.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {references.dtype}")
+    if references.dim() == 1:
+        references = references.unsqueeze(0)
+    if references.dim() < 2 or references.shape[0] == 0:
+        raise ValueError(
+            f"{name} must be (R, D) with R >= 1, got {tuple(references.shape)}"
+        )
+    references = flatten_embeddings(references.detach())
+    check_finite(references, name)
+    if metric == "cosine" and bool(
+        (torch.linalg.vector_norm(references, dim=-1) < COSINE_EPS).any()
+    ):
+        raise ValueError(f"{name} contains a zero vector: cosine is undefined")
+    return references.clone()
 
 
 class SimilarityTarget(Module):
@@ -100,6 +141,13 @@ class SimilarityTarget(Module):
     dimensions are flattened. An input embedding of norm below ``1e-8`` has
     cosine similarity 0 to everything (as ``F.cosine_similarity``).
 
+    With ``contrast`` (contrast references :math:`r'`, one per reference or
+    one for all), ``forward`` returns
+    :math:`\mathrm{sim}(e, r) - \mathrm{sim}(e, r')`: any Captum method then
+    explains why the input matches reference r *rather than* r' (few-shot:
+    the predicted class against the runner-up; retrieval: rank 1 against
+    rank 2).
+
     The references are a registered buffer: they move with ``.to(device)`` and
     are never expanded by methods that repeat the inputs (IG, NoiseTunnel).
     The embedding model is a submodule, used as is: its mode
@@ -115,9 +163,14 @@ class SimilarityTarget(Module):
     """
 
     references: Tensor
+    contrast: Optional[Tensor]
 
     def __init__(
-        self, embedding_model: Module, references: Tensor, metric: str = "cosine"
+        self,
+        embedding_model: Module,
+        references: Tensor,
+        metric: str = "cosine",
+        contrast: Optional[Tensor] = None,
     ) -> None:
         r"""
         Args:
@@ -128,31 +181,29 @@ class SimilarityTarget(Module):
                         reference. Detached and stored as a buffer.
             metric (str, optional): "cosine" or "euclidean".
                         Default: "cosine"
+            contrast (Tensor, optional): contrast reference embeddings, (R, D)
+                        (one per reference), or (1, D) / (D,) (one for all):
+                        output r becomes sim(e, references[r]) -
+                        sim(e, contrast[r]). Stored as a buffer.
+                        Default: None
         """
         super().__init__()
         if not callable(embedding_model):
             raise TypeError("embedding_model must be callable")
-        if not isinstance(references, Tensor):
-            raise TypeError("references must be a Tensor")
-        if not references.is_floating_point():
-            raise TypeError(
-                f"references must be floating point, got {references.dtype}"
-            )
-        if references.dim() == 1:
-            references = references.unsqueeze(0)
-        if references.dim() < 2 or references.shape[0] == 0:
-            raise ValueError(
-                f"references must be (R, D) with R >= 1, got {tuple(references.shape)}"
-            )
-        references = flatten_embeddings(references.detach())
-        check_finite(references, "references")
         self.metric = check_metric(metric)
-        if self.metric == "cosine" and bool(
-            (torch.linalg.vector_norm(references, dim=-1) < COSINE_EPS).any()
-        ):
-            raise ValueError("references contains a zero vector: cosine is undefined")
+        references = _reference_embeddings(references, "references", self.metric)
+        if contrast is not None:
+            contrast = _reference_embeddings(contrast, "contrast", self.metric)
+            if contrast.shape[0] not in (1, references.shape[0]) or (
+                contrast.shape[1] != references.shape[1]
+            ):
+                raise ValueError(
+                    f"contrast must be (R, D) or (1, D) for references of shape "
+                    f"{tuple(references.shape)}, got {tuple(contrast.shape)}"
+                )
         self.embedding_model = embedding_model
-        self.register_buffer("references", references.clone())
+        self.register_buffer("references", references)
+        self.register_buffer("contrast", contrast)
 
     @classmethod
     def from_support(
@@ -161,6 +212,7 @@ class SimilarityTarget(Module):
         support: Tensor,
         metric: str = "cosine",
         additional_forward_args: Optional[Any] = None,
+        contrast_support: Optional[Tensor] = None,
     ) -> SimilarityTarget:
         r"""Builds prototypes from support images, one per reference.
 
@@ -174,6 +226,10 @@ class SimilarityTarget(Module):
             additional_forward_args (Any, optional): extra arguments for the
                         embedding model.
                         Default: None
+            contrast_support (Tensor, optional): (R, K', C, H, W) or
+                        (R, C, H, W) images (or R = 1, one contrast for all)
+                        whose prototypes become the contrast references.
+                        Default: None
 
         Returns:
             A :class:`SimilarityTarget` whose references are the prototypes:
@@ -181,9 +237,18 @@ class SimilarityTarget(Module):
             ``torch.no_grad()`` in one batched forward).
         """
         references = prototypes(embedding_model, support, additional_forward_args)
-        return cls(embedding_model, references, metric=metric)
+        contrast = None
+        if contrast_support is not None:
+            contrast = prototypes(
+                embedding_model, contrast_support, additional_forward_args
+            )
+        return cls(embedding_model, references, metric=metric, contrast=contrast)
 
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
         emb = flatten_embeddings(self.embedding_model(inputs, *args))
         refs = self.references.to(emb.dtype)
-        return similarity_matrix(emb, refs, self.metric)
+        scores = similarity_matrix(emb, refs, self.metric)
+        if self.contrast is not None:  # sim(e, r) - sim(e, r')
+            against = similarity_matrix(emb, self.contrast.to(emb.dtype), self.metric)
+            scores = scores - against
+        return scores

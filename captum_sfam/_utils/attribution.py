@@ -36,6 +36,7 @@ from .checks import (
     check_positive_int,
     deferred_checks,
 )
+from .correspondence import CorrespondenceMixin
 from .features import (
     LayerSpec,
     PairFeatures,
@@ -45,14 +46,87 @@ from .features import (
     pair_features,
     query_and_other_activations,
 )
-from .formatting import TensorOrTuple, format_gallery, format_inputs, format_support
-from .maps import finalize_maps, weighted_sum
+from .formatting import (
+    References,
+    TargetType,
+    TensorOrTuple,
+    format_gallery,
+    format_inputs,
+    format_references,
+    format_support,
+    group_by_label,
+)
+from .maps import finalize_maps, pool, weighted_sum
+from .model import (
+    channel_count,
+    check_layout,
+    find_model,
+    patch_size,
+    prefix_tokens,
+)
 
 #: weights built at once by ``attribute_pairs`` (queries x items x shots x N)
 MAX_CHUNK_ELEMENTS = 1 << 21
 
 
-class PairAttribution(LayerAttribution):
+def _activations(
+    spec: LayerSpec,
+    inputs: Tuple[Tensor, ...],
+    others: Tuple[Tensor, ...],
+    contrast: Optional[Tuple[Tensor, ...]],
+    argument: str,
+    batch_size: Optional[int] = None,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Activations of the queries, of ``others`` and of the contrast images.
+
+    The contrast images join the support (or gallery) in the same forward
+    pass as the queries when their shapes allow it (see
+    :func:`query_and_other_activations`)."""
+    if contrast is None:
+        query, acts = query_and_other_activations(
+            spec, inputs, others, argument, batch_size
+        )
+        return query, acts, None
+    if all(
+        a.shape[1:] == c.shape[1:] and a.dtype == c.dtype
+        for a, c in zip(others, contrast)
+    ):
+        both = tuple(torch.cat([a, c]) for a, c in zip(others, contrast))
+        query, acts = query_and_other_activations(
+            spec, inputs, both, f"{argument} and contrast", batch_size
+        )
+        count = others[0].shape[0]
+        return query, acts[:count], acts[count:]
+    query, acts = query_and_other_activations(
+        spec, inputs, others, argument, batch_size
+    )
+    return query, acts, layer_activations(spec, contrast, "contrast", batch_size)
+
+
+def _add_contrast(
+    spec: LayerSpec,
+    features: PairFeatures,
+    activations: Optional[Tensor],
+    groups: int,
+    shots: int,
+) -> PairFeatures:
+    """Store the (G'*K', N, h'', w'') contrast activations and pooled shots."""
+    if activations is None:
+        return features
+    if activations.shape[1] != features.query.shape[1]:
+        raise ValueError(
+            f"contrast gives {activations.shape[1]} channels at the layer, "
+            f"inputs give {features.query.shape[1]}"
+        )
+    activations = activations.to(features.output_dtype)
+    features.contrast = activations.reshape(groups, shots, *activations.shape[1:])
+    features.contrast_vectors = pool(activations, spec.pooling).reshape(
+        groups, shots, -1
+    )
+    return features
+
+
+class PairAttribution(CorrespondenceMixin, LayerAttribution):
     r"""Base class of the pair-attribution family (not used directly).
 
     A forward-only member implements :meth:`_pair_weights`, a call to its pure
@@ -76,6 +150,8 @@ class PairAttribution(LayerAttribution):
         pooling: PoolingType = "avg",
         device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
+        layout: str = "auto",
+        num_prefix_tokens: Optional[int] = None,
     ) -> None:
         r"""
         Args:
@@ -102,8 +178,26 @@ class PairAttribution(LayerAttribution):
                         Captum's layer methods.
                         Default: None
             reshape_transform (Callable, optional): maps the layer's raw
-                        activations to (B, N, h, w), e.g. the tokens
-                        (B, T, N) of a vision transformer to a grid.
+                        activations to (B, N, h, w); overrides ``layout``.
+                        Default: None
+            layout (str, optional): the layout of the layer's activations:
+                        "channels_first" (B, N, h, w), "channels_last"
+                        (B, H, W, N) (Swin, ConvNeXt blocks run
+                        channels-last), "tokens" (B, T, N) (vision
+                        transformers: prefix tokens dropped, patch tokens laid
+                        on the grid), or "auto": 3-D activations are tokens,
+                        4-D ones channels-first or channels-last as the
+                        layer's own parameters tell (its last convolution,
+                        norm or linear layer gives the channel count); a shape
+                        the parameters cannot settle raises a ``ValueError``
+                        asking for ``layout``, it is never guessed.
+                        Default: "auto"
+            num_prefix_tokens (int, optional): tokens before the patch tokens
+                        (class, register and distillation tokens) for token
+                        layouts. By default read from the model: timm's
+                        ``num_prefix_tokens``, the Hugging Face config (ViT,
+                        DeiT, DINOv2 with or without registers, Swin),
+                        torchvision's ``class_token``.
                         Default: None
         """
         if not callable(forward_func):
@@ -134,6 +228,22 @@ class PairAttribution(LayerAttribution):
         if allowed is not None and (callable(pooling) or pooling not in allowed):
             raise ValueError(f"{name} needs pooling in {allowed}, got {pooling!r}")
         self.reshape_transform = reshape_transform
+        self.layout = check_layout(layout)
+        if num_prefix_tokens is not None and (
+            not isinstance(num_prefix_tokens, int)
+            or isinstance(num_prefix_tokens, bool)
+            or num_prefix_tokens < 0
+        ):
+            raise ValueError(
+                "num_prefix_tokens must be a non-negative int, got "
+                f"{num_prefix_tokens!r}"
+            )
+        model = root if root is not None else find_model(forward_func, layer)
+        self.num_prefix_tokens = (
+            prefix_tokens(model) if num_prefix_tokens is None else num_prefix_tokens
+        )
+        self._patch_size = patch_size(model)
+        self._channels = channel_count(layer, model)
 
     # -- what a member implements -------------------------------------------
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
@@ -147,12 +257,15 @@ class PairAttribution(LayerAttribution):
         query_weights: Tensor,
         shot_weights: Tensor,
         with_support: bool = True,
+        contrast: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """Query maps (..., h, w) and shot maps (..., K, h', w'), Eq. 3.
 
         query (..., N, h, w) and support (..., K, N, h', w') activations; the
         leading dimensions of all four tensors broadcast. Shot maps are None
-        unless ``with_support``.
+        unless ``with_support``. ``contrast`` (..., K', N, h'', w''), the
+        contrast support's activations, is for members whose maps need more
+        than the weights (the weights already hold the contrast).
         """
         query_maps = weighted_sum(query_weights, query)
         if not with_support:
@@ -167,6 +280,7 @@ class PairAttribution(LayerAttribution):
         return LayerSpec(
             self.forward_func, self.layer, self.pooling, self.reshape_transform,
             self.device_ids, to_layer_input, additional_forward_args,
+            self.layout, self.num_prefix_tokens, self._patch_size, self._channels,
         )  # fmt: skip
 
     def _pair_features(
@@ -175,19 +289,55 @@ class PairAttribution(LayerAttribution):
         support: TensorOrTuple,
         additional_forward_args: Any,
         attribute_to_layer_input: bool,
+        contrast: Optional[TensorOrTuple] = None,
+        target: Optional[TargetType] = None,
+        support_labels: Optional[TargetType] = None,
     ) -> PairFeatures:
-        """Check and format the arguments of a call, then run the model."""
+        """Check and format the arguments of a call, then run the model.
+
+        With ``target`` (or ``support_labels``) the support holds R references
+        and each query is explained against ``support[target[b]]``: forward-only
+        members run the R references once and select afterwards.
+        """
         args = format_additional_forward_args(additional_forward_args)
         spec = self._spec(args, attribute_to_layer_input)
-        return self._features(spec, format_inputs(inputs), support)
+        formatted = format_inputs(inputs)
+        refs: Optional[References] = None
+        if target is not None or support_labels is not None:
+            refs = References(
+                *format_references(formatted, support, target, support_labels)
+            )
+            support = refs
+        if contrast is None:
+            features = self._features(spec, formatted, support)
+        else:
+            features = self._features(spec, formatted, support, contrast=contrast)
+        if refs is not None and self.forward_only:
+            features = features.select(refs.index)
+        return features
 
     def _features(
-        self, spec: LayerSpec, inputs: Tuple[Tensor, ...], support: TensorOrTuple
+        self,
+        spec: LayerSpec,
+        inputs: Tuple[Tensor, ...],
+        support: TensorOrTuple,
+        contrast: Optional[TensorOrTuple] = None,
     ) -> PairFeatures:
-        """Forward-only activations and pooled vectors of queries and support."""
+        """Forward-only activations and pooled vectors of queries and support.
+
+        ``contrast``, a second support in the layouts of ``support``, is
+        formatted by ``format_support(inputs, contrast, "contrast")`` and
+        stored in ``PairFeatures.contrast``/``contrast_vectors``; the weight
+        rule reads it as ``PooledPair.contrast_shots``. (Gradient members
+        override this hook and build their contrast from the pair score.)
+        """
         flat, groups, shots = format_support(inputs, support)
-        query, others = query_and_other_activations(spec, inputs, flat, "support")
-        return pair_features(spec, query, others, groups, shots, "support")
+        cflat, cgroups, cshots = None, 1, 1
+        if contrast is not None:
+            cflat, cgroups, cshots = format_support(inputs, contrast, "contrast")
+        query, others, cacts = _activations(spec, inputs, flat, cflat, "support")
+        features = pair_features(spec, query, others, groups, shots, "support")
+        return _add_contrast(spec, features, cacts, cgroups, cshots)
 
     @deferred_checks()
     def layer_activations(
@@ -213,6 +363,9 @@ class PairAttribution(LayerAttribution):
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
         return_support_attributions: bool = False,
+        contrast: Optional[TensorOrTuple] = None,
+        target: Optional[TargetType] = None,
+        support_labels: Optional[TargetType] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""
         Args:
@@ -241,6 +394,31 @@ class PairAttribution(LayerAttribution):
             return_support_attributions (bool, optional): Also return the maps
                         of the support images (Fig. 2 of the SFAM paper).
                         Default: False
+            contrast (Tensor or tuple[Tensor, ...], optional): a second
+                        support S' in the layouts of ``support`` ((K', C, H, W)
+                        shared or (B, K', C, H, W) per query): the maps then
+                        explain why the query matches ``support`` rather than
+                        ``contrast`` (each member's formula is in its class
+                        docstring and the README, "Contrastive maps"). The
+                        contrast images run in the same forward pass as the
+                        queries and the support when the model is in eval mode.
+                        Default: None
+            target (int, list[int] or Tensor, optional): Captum's target, the
+                        reference each query is explained against: with a
+                        target, ``support`` holds R references, (R, C, H, W)
+                        one-shot or (R, K, C, H, W), each run once, and query b
+                        is explained against ``support[target[b]]``. This is
+                        the form for ``NoiseTunnel`` and ``sensitivity_max``,
+                        which repeat the inputs and the target together. With
+                        ``support_labels``, the target holds labels.
+                        Default: None
+            support_labels (list[int] or Tensor, optional): labels (M,) of a
+                        flat support (M, C, H, W), as easyfsl and
+                        pytorch-metric-learning hold it: the support is grouped
+                        into classes in label order (each class needs the same
+                        number of shots) and ``target`` gives the label each
+                        query is explained against.
+                        Default: None
 
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]* of **attributions**:
@@ -270,14 +448,16 @@ class PairAttribution(LayerAttribution):
             ...     queries, support, return_support_attributions=True)
         """
         features = self._pair_features(
-            inputs, support, additional_forward_args, attribute_to_layer_input
-        )
+            inputs, support, additional_forward_args, attribute_to_layer_input,
+            contrast, target, support_labels,
+        )  # fmt: skip
         query_weights, shot_weights = self._weights(features)
         dtype, relu = features.output_dtype, relu_attributions
         with torch.no_grad():
             query_maps, shot_maps = self._pair_maps(
                 features.query, features.support, query_weights, shot_weights,
                 with_support=return_support_attributions,
+                contrast=features.contrast,
             )  # fmt: skip
             query_maps = finalize_maps(query_maps, relu, dtype).unsqueeze(1)
             if shot_maps is None or not return_support_attributions:
@@ -296,6 +476,8 @@ class PairAttribution(LayerAttribution):
         return_gallery_attributions: bool = False,
         chunk_size: Optional[int] = None,
         forward_batch_size: Optional[int] = None,
+        contrast: Optional[TensorOrTuple] = None,
+        gallery_labels: Optional[TargetType] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""Maps for every (query, gallery item) pair, from Q + M·K forwards.
 
@@ -327,6 +509,18 @@ class PairAttribution(LayerAttribution):
                         large galleries: bounds the network's activation
                         memory (the explained layer's activations of all
                         images are kept). Default: all at once
+            contrast (Tensor or tuple[Tensor, ...], optional): a contrast
+                        support, (K', C, H, W) shared by every pair or
+                        (Q, K', C, H, W) one per query: pair (i, j) is explained
+                        against ``contrast`` (or ``contrast[i]``), as
+                        :meth:`attribute` does.
+                        Default: None
+            gallery_labels (list[int] or Tensor, optional): labels (M,) of a
+                        flat gallery (M, C, H, W) of few-shot support images:
+                        the gallery is grouped into classes in label order
+                        (M/R shots each), so item j of the result is the j-th
+                        smallest label.
+                        Default: None
 
         Returns:
             *Tensor* or *tuple[Tensor, Tensor]*: query maps (Q, M, 1, h, w);
@@ -348,15 +542,28 @@ class PairAttribution(LayerAttribution):
         formatted = format_inputs(inputs)
         check_positive_int(chunk_size, "chunk_size")
         check_positive_int(forward_batch_size, "forward_batch_size")
+        if gallery_labels is not None:
+            if not isinstance(gallery, Tensor):
+                raise TypeError("gallery_labels needs gallery as one Tensor (M, ...)")
+            if gallery.dim() != formatted[0].dim():
+                raise ValueError(
+                    "gallery_labels needs a flat gallery (M, *inputs.shape[1:]), "
+                    f"got {tuple(gallery.shape)}"
+                )
+            gallery, _ = group_by_label(gallery, gallery_labels, "gallery")
         flat, items, shots = format_gallery(formatted, gallery)
         first = gallery[0] if isinstance(gallery, tuple) else gallery
         per_item_shots = first.dim() > formatted[0].dim()
+        cflat, cgroups, cshots = None, 1, 1
+        if contrast is not None:
+            cflat, cgroups, cshots = format_support(formatted, contrast, "contrast")
         args = format_additional_forward_args(additional_forward_args)
         spec = self._spec(args, attribute_to_layer_input)
-        query, others = query_and_other_activations(
-            spec, formatted, flat, "gallery", forward_batch_size
+        query, others, cacts = _activations(
+            spec, formatted, flat, cflat, "gallery", forward_batch_size
         )
         features = pair_features(spec, query, others, items, shots, "gallery")
+        features = _add_contrast(spec, features, cacts, cgroups, cshots)
         pooled, dtype = features.pooled(), features.output_dtype
         query, gal = features.query, features.support.unsqueeze(0)
         channels = query.shape[1]
@@ -366,17 +573,24 @@ class PairAttribution(LayerAttribution):
             for start in range(0, query.shape[0], step):
                 chunk = slice(start, start + step)
                 # queries on dim 0, gallery items on dim 1 (shots on dim 2)
+                contrast_shots = contrast_acts = None
+                if features.contrast is not None:  # (1 or Q, 1, K', ...)
+                    rows = chunk if features.contrast.shape[0] > 1 else slice(None)
+                    contrast_acts = features.contrast[rows].unsqueeze(1)
+                    contrast_shots = pooled.contrast_shots[rows].unsqueeze(1)
                 weights = self._pair_weights(
                     PooledPair(
                         pooled.query[chunk].unsqueeze(1),
                         pooled.shots.unsqueeze(0),
                         pooled.query_positions,
                         pooled.support_positions,
+                        contrast_shots,
                     )
                 )
                 query_maps, gallery_maps = self._pair_maps(
                     query[chunk].unsqueeze(1), gal, *weights,
                     with_support=return_gallery_attributions,
+                    contrast=contrast_acts,
                 )  # fmt: skip
                 size = (query[chunk].shape[0], items)
                 query_out.append(query_maps.expand(*size, *query_maps.shape[2:]))
@@ -402,12 +616,15 @@ class PairAttribution(LayerAttribution):
         support: TensorOrTuple,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
+        contrast: Optional[TensorOrTuple] = None,
+        target: Optional[TargetType] = None,
+        support_labels: Optional[TargetType] = None,
     ) -> Tuple[Tensor, Tensor]:
         r"""The channel weights the method gives each pair.
 
         Args:
-            inputs, support, additional_forward_args, attribute_to_layer_input:
-                        as in :meth:`attribute`.
+            inputs, support, additional_forward_args, attribute_to_layer_input,
+            contrast, target, support_labels: as in :meth:`attribute`.
 
         Returns:
             *tuple[Tensor, Tensor]* of **(query_weights, support_weights)**:
@@ -416,8 +633,9 @@ class PairAttribution(LayerAttribution):
             each support image's activations.
         """
         features = self._pair_features(
-            inputs, support, additional_forward_args, attribute_to_layer_input
-        )
+            inputs, support, additional_forward_args, attribute_to_layer_input,
+            contrast, target, support_labels,
+        )  # fmt: skip
         query_weights, shot_weights = self._weights(features)
         batch, shots = features.batch_size, features.shots
         channels, dtype = features.query.shape[1], features.output_dtype

@@ -8,7 +8,8 @@ buffers restored even when an error is raised; nothing else about the model
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -17,8 +18,8 @@ from torch.nn import Module
 from .captum_compat import (
     format_additional_forward_args,
     forward_layer_eval,
-    layer_gradients_and_eval,
 )
+from .model import EmbeddingFunc, find_model, select_embedding, siamese_hint
 
 
 class _StopForward(Exception):
@@ -26,11 +27,33 @@ class _StopForward(Exception):
 
 
 def root_module(forward_func: Callable[..., Any]) -> Optional[Module]:
-    """The module behind ``forward_func`` (itself, or a bound method's owner)."""
+    """The module ``forward_func`` is (itself, or a bound method's owner)."""
     if isinstance(forward_func, Module):
         return forward_func
     owner = getattr(forward_func, "__self__", None)
     return owner if isinstance(owner, Module) else None
+
+
+def protected_model(
+    forward_func: Callable[..., Any], layer: Module
+) -> Optional[Module]:
+    """The model whose buffers a call protects: ``forward_func``'s own module,
+    or the one a closure, partial or lambda runs (see :func:`.model.find_model`).
+    Warns when none is found and ``layer`` is in training mode, since then
+    the modules the callable runs may update their statistics."""
+    model = root_module(forward_func)
+    if model is None:
+        model = find_model(forward_func, layer)
+    if model is None and layer.training:
+        warnings.warn(
+            "forward_func is a callable holding no torch.nn.Module that contains "
+            "layer, and layer is in training mode: buffers (BatchNorm running "
+            "statistics) outside layer cannot be protected from this call. Put "
+            "the model in eval() mode or pass the model (or a bound method of it) "
+            "as forward_func",
+            stacklevel=5,
+        )
+    return model
 
 
 def eager_forward(forward_func: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,6 +110,16 @@ def runs_in_eval_mode(forward_func: Callable[..., Any]) -> bool:
     )
 
 
+def _forward_error(
+    error: Exception, forward_func: Callable[..., Any], argument: str
+) -> Exception:
+    """The error a failed forward pass is reported as, naming ``argument``."""
+    if isinstance(error, TypeError):
+        hint = siamese_hint(error, forward_func)
+        return TypeError(hint) if hint else error
+    return ValueError(f"{argument}: forward_func cannot run on it: {error}")
+
+
 def capture_activations(
     forward_func: Callable[..., Any],
     layer: Module,
@@ -102,23 +135,23 @@ def capture_activations(
     hook), so the part after the layer costs nothing. With ``device_ids`` or a
     ``DataParallel`` forward, Captum's own helper is used instead, which runs the
     whole network and gathers the replicas' activations as Captum's layer
-    methods do. ``argument`` names the inputs in error messages.
+    methods do; they are returned on the inputs' device. ``argument`` names
+    the inputs in error messages.
     """
     forward_func = eager_forward(forward_func)
     root = root_module(forward_func)
-    with preserved_buffers(root, layer):
+    with preserved_buffers(protected_model(forward_func, layer), layer):
         if device_ids is not None or isinstance(root, torch.nn.DataParallel):
-            return tuple(
-                forward_layer_eval(
-                    forward_func,
-                    inputs,
-                    layer,
-                    additional_forward_args=additional_forward_args,
-                    device_ids=device_ids,
-                    attribute_to_layer_input=attribute_to_layer_input,
-                    grad_enabled=False,
-                )
+            acts = forward_layer_eval(
+                forward_func,
+                inputs,
+                layer,
+                additional_forward_args=additional_forward_args,
+                device_ids=device_ids,
+                attribute_to_layer_input=attribute_to_layer_input,
+                grad_enabled=False,
             )
+            return tuple(a.to(inputs[0].device) for a in acts)
         store: List[Tuple[Tensor, ...]] = []
 
         def hook(_module: Module, args: Any, output: Any = None) -> None:
@@ -137,10 +170,8 @@ def capture_activations(
                 forward_func(*inputs, *args)
         except _StopForward:
             pass
-        except RuntimeError as error:
-            raise ValueError(
-                f"{argument}: forward_func cannot run on it: {error}"
-            ) from error
+        except (RuntimeError, TypeError) as error:
+            raise _forward_error(error, forward_func, argument) from error
         finally:
             handle.remove()
     if not store:
@@ -151,50 +182,137 @@ def capture_activations(
     return store[0]
 
 
-def model_outputs(
-    forward_func: Callable[..., Any],
-    layer: Module,
-    inputs: Tuple[Tensor, ...],
-    additional_forward_args: Any = None,
-) -> Any:
-    """The full model's outputs for ``inputs`` (no graph, buffers restored)."""
-    forward_func = eager_forward(forward_func)
-    with preserved_buffers(root_module(forward_func), layer):
-        with torch.no_grad():
-            return forward_func(*inputs, *(additional_forward_args or ()))
+def _grad_ready(value: Tensor) -> Tensor:
+    """``value`` as a node of the graph (a fresh leaf if nothing before the
+    layer requires grad, e.g. frozen parameters and plain inputs)."""
+    return value if value.requires_grad else value.detach().requires_grad_(True)
 
 
-def gradients_and_activations(
+def _first_call_hook(
+    store: Dict[torch.device, Tuple[Tensor, ...]], to_input: bool
+) -> Callable[..., Any]:
+    """A hook keeping the tensors of a layer's first call on each device (one
+    device, or each replica of a ``DataParallel`` model), in the graph."""
+
+    def hook(_module: Module, hook_args: Any, output: Any = None) -> Any:
+        value = hook_args if to_input else output
+        values = value if isinstance(value, tuple) else (value,)
+        tensors = [v for v in values if isinstance(v, Tensor)]
+        if not tensors or tensors[0].device in store:
+            return None  # a layer called twice: the first call is explained
+        ready = tuple(_grad_ready(v) if isinstance(v, Tensor) else v for v in values)
+        store[tensors[0].device] = tuple(v for v in ready if isinstance(v, Tensor))
+        if isinstance(value, tuple):
+            return ready
+        return ready[0]
+
+    return hook
+
+
+def _in_batch_order(
+    store: Dict[torch.device, Tuple[Tensor, ...]], order: Optional[List[int]]
+) -> Tuple[Tensor, ...]:
+    """The per-device captures, in the order DataParallel scattered the batch."""
+    if len(store) == 1:
+        return next(iter(store.values()))
+    devices = sorted(store, key=lambda d: (order or []).index(d.index)
+                     if order and d.index in order else (d.index or 0))  # fmt: skip
+    return tuple(torch.cat(parts) for parts in zip(*(store[d] for d in devices)))
+
+
+def gradient_pass(
     forward_func: Callable[..., Any],
     layer: Module,
-    inputs: Tuple[Tensor, ...],
-    objective: Callable[[Tensor], Tensor],
+    batches: Sequence[Tuple[Tensor, ...]],
+    score: Callable[[List[Tensor]], Tensor],
+    embedding_func: EmbeddingFunc = None,
     additional_forward_args: Any = None,
     attribute_to_layer_input: bool = False,
+    arguments: Sequence[str] = ("inputs",),
     device_ids: Optional[List[int]] = None,
-) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
-    """Gradient of ``objective(forward_func(inputs)).sum()`` w.r.t. the layer,
-    and the layer's activations, from one forward and one backward pass.
+) -> Tuple[List[Tuple[Tensor, ...]], List[Tuple[Tensor, ...]], List[Tensor]]:
+    """Layer activations and gradients of a score, from one forward pass per
+    batch and ONE backward pass for all of them.
 
-    ``objective`` maps the model output (B, ...) to one scalar per row. Uses
-    Captum's layer-gradient helper, so ``device_ids`` works as in Captum.
+    Each batch of ``batches`` runs through ``forward_func`` with autograd
+    enabled (even inside ``torch.no_grad()`` or ``torch.inference_mode()``);
+    ``score`` maps the list of the batches' embeddings (selected by
+    ``embedding_func``) to a score per pair, whose sum is differentiated with
+    respect to the activations of the FIRST call of ``layer`` in each batch
+    (a layer called twice contributes through both calls, to its first
+    output). Returns ``(activations, gradients, embedding_gradients)``, one
+    entry per batch, detached. ``arguments`` names the batches in error messages.
     """
     forward_func = eager_forward(forward_func)
-
-    def scalar_forward(*args: Any) -> Tensor:
-        return objective(forward_func(*args))
-
-    with preserved_buffers(root_module(forward_func), layer):
-        grads, acts = layer_gradients_and_eval(
-            scalar_forward,
-            layer,
-            inputs,
-            None,
-            additional_forward_args,
-            device_ids=device_ids,
-            attribute_to_layer_input=attribute_to_layer_input,
+    root = root_module(forward_func)
+    if device_ids is None and isinstance(root, torch.nn.DataParallel):
+        device_ids = list(root.device_ids or [])
+    args = format_additional_forward_args(additional_forward_args) or ()
+    captured: List[Tuple[Tensor, ...]] = []
+    embeddings: List[Tensor] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(
+            preserved_buffers(protected_model(forward_func, layer), layer)
         )
+        for batch, argument in zip(batches, arguments):
+            store: Dict[torch.device, Tuple[Tensor, ...]] = {}
+
+            hook = _first_call_hook(store, attribute_to_layer_input)
+            if attribute_to_layer_input:
+                handle = layer.register_forward_pre_hook(hook)
+            else:
+                handle = layer.register_forward_hook(hook)
+            # inference tensors (made under inference_mode) cannot enter a graph
+            batch = tuple(t.clone() if t.is_inference() else t for t in batch)
+            try:
+                output = forward_func(*batch, *args)
+            except (RuntimeError, TypeError) as error:
+                raise _forward_error(error, forward_func, argument) from error
+            finally:
+                handle.remove()
+            if not store:
+                raise ValueError(
+                    "layer was not called by forward_func: pass a submodule that "
+                    "the model's forward uses"
+                )
+            embedding = select_embedding(output, embedding_func)
+            if not embedding.requires_grad:
+                raise ValueError(
+                    "forward_func computes the embedding without autograd (it runs "
+                    "under torch.no_grad() or torch.inference_mode(), as "
+                    "pytorch-metric-learning's InferenceModel.get_embeddings does, "
+                    "or detaches it): the gradient members need its gradient. Pass "
+                    "the model itself (e.g. trunk followed by embedder) as "
+                    "forward_func"
+                )
+            captured.append(_in_batch_order(store, device_ids))
+            embeddings.append(embedding)
+        total = score(embeddings).sum()
+        flat = [t for group in captured for t in group]
+        # the embeddings' gradients come free with the same backward pass: they
+        # tell a stationary score (zero maps are right) from an embedding that
+        # does not depend on the layer
+        grads = torch.autograd.grad(total, flat + embeddings, allow_unused=True)
+        embedding_grads = grads[len(flat) :]
+        grads = grads[: len(flat)]
+    out_grads, start = [], 0
+    for group in captured:
+        part = grads[start : start + len(group)]
+        out_grads.append(
+            tuple(
+                torch.zeros_like(t) if g is None else g.detach()
+                for t, g in zip(group, part)
+            )
+        )
+        start += len(group)
+    device = batches[0][0].device  # DataParallel: back on the inputs' device
     return (
-        tuple(g.detach() for g in grads),
-        tuple(a.detach() for a in acts),
+        [tuple(t.detach().to(device) for t in group) for group in captured],
+        [tuple(g.to(device) for g in group) for group in out_grads],
+        [
+            torch.zeros_like(e) if g is None else g.detach().to(device)
+            for e, g in zip(embeddings, embedding_grads)
+        ],
     )

@@ -12,6 +12,7 @@ from torch.nn import Module
 from .capture import capture_activations, runs_in_eval_mode
 from .checks import PoolingType, check_finite, compute_dtype
 from .maps import pool
+from .model import channels_last, tokens_grid
 
 ReshapeTransform = Callable[[Tensor], Tensor]
 
@@ -28,11 +29,17 @@ class PooledPair:
     shots: Tensor  # (..., K, N) pooled support shots
     query_positions: int  # h * w of the query activations
     support_positions: int  # h' * w' of the support activations
+    contrast_shots: Optional[Tensor] = None  # (..., K', N) pooled contrast shots
 
     @property
     def support(self) -> Tensor:
         """(..., N) V^S, the mean of the K pooled shots (Eq. 1)."""
         return self.shots.mean(dim=-2)
+
+    @property
+    def contrast(self) -> Optional[Tensor]:
+        """(..., N) V^S', the mean of the K' pooled contrast shots, or None."""
+        return None if self.contrast_shots is None else self.contrast_shots.mean(-2)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class PairFeatures:
     shot_vectors: Tensor  # (G, K, N) pooled support shots
     query_gradients: Optional[Tensor] = None  # (B, N, h, w), gradient members
     support_gradients: Optional[Tensor] = None  # (B, K, N, h', w')
+    contrast: Optional[Tensor] = None  # (G', K', N, h'', w'') contrast activations
+    contrast_vectors: Optional[Tensor] = None  # (G', K', N) pooled contrast shots
 
     @property
     def batch_size(self) -> int:
@@ -63,12 +72,20 @@ class PairFeatures:
     def output_dtype(self) -> torch.dtype:
         return self.query.dtype
 
+    def select(self, index: Tensor) -> PairFeatures:
+        """The features with each query's reference: support and shot
+        vectors (G, ...) indexed by the (B,) ``index``."""
+        self.support = self.support[index]
+        self.shot_vectors = self.shot_vectors[index]
+        return self
+
     def pooled(self) -> PooledPair:
         return PooledPair(
             self.query_vectors,
             self.shot_vectors,
             self.query.shape[-2] * self.query.shape[-1],
             self.support.shape[-2] * self.support.shape[-1],
+            self.contrast_vectors,
         )
 
 
@@ -83,10 +100,26 @@ class LayerSpec:
     device_ids: Optional[List[int]]
     attribute_to_layer_input: bool
     additional_forward_args: Any
+    layout: str = "auto"
+    num_prefix_tokens: Optional[int] = None  # declared, or read from the model
+    patch_size: Optional[Tuple[int, int]] = None  # read from the model
+    channels: Optional[int] = None  # the layer's channel count, from parameters
 
 
-def to_grid(spec: LayerSpec, acts: Tuple[Tensor, ...], batch: int) -> Tensor:
-    """The layer's tensor as (B, N, h, w), after ``reshape_transform``."""
+def to_grid(
+    spec: LayerSpec,
+    acts: Tuple[Tensor, ...],
+    batch: int,
+    image_shape: Optional[Tuple[int, ...]] = None,
+) -> Tensor:
+    """The layer's tensor as (B, N, h, w).
+
+    ``reshape_transform`` when given; otherwise by ``spec.layout``: 4-D
+    activations are (B, N, h, w) or channels-last (B, H, W, N) (declared, or
+    detected from the layer's parameters, see :func:`.model.channels_last`),
+    3-D ones are tokens (B, T, N) whose first ``num_prefix_tokens`` are
+    dropped and the rest laid on the patch grid of ``image_shape``.
+    """
     if len(acts) != 1:
         raise ValueError(
             f"the layer gives {len(acts)} tensors; pair attributions need a "
@@ -97,16 +130,44 @@ def to_grid(spec: LayerSpec, acts: Tuple[Tensor, ...], batch: int) -> Tensor:
         act = spec.reshape_transform(act)
         if not isinstance(act, Tensor):
             raise TypeError("reshape_transform must return a Tensor")
+    elif act.dim() == 3 and spec.layout in ("auto", "tokens"):
+        act = _tokens(spec, act, image_shape)
+    elif act.dim() == 4 and channels_last(act, spec.channels, spec.layout):
+        act = act.permute(0, 3, 1, 2)
     if act.dim() != 4 or act.shape[0] != batch:
         raise ValueError(
             f"layer activations must be (B={batch}, N, h, w), got "
-            f"{tuple(act.shape)}; pass reshape_transform to turn them into "
-            "that layout (e.g. tokens of a vision transformer)"
+            f"{tuple(act.shape)}; pass layout= ('channels_last', 'tokens') or "
+            "reshape_transform to turn them into that layout"
         )
     if not act.is_floating_point():
         raise TypeError(f"layer activations must be floating point, got {act.dtype}")
     check_finite(act, "the layer activations")
     return act
+
+
+def _tokens(
+    spec: LayerSpec, act: Tensor, image_shape: Optional[Tuple[int, ...]]
+) -> Tensor:
+    """(B, T, N) tokens -> (B, N, h, w) patch grid."""
+    prefix = spec.num_prefix_tokens
+    if prefix is None:
+        raise ValueError(
+            f"layer activations {tuple(act.shape)} are tokens (B, T, N) and the "
+            "number of prefix tokens (class, register tokens) cannot be read "
+            "from forward_func: pass num_prefix_tokens= (1 for a class token, "
+            "1 + registers for DINOv2 with registers, 0 for Swin)"
+        )
+    count = act.shape[1] - prefix
+    grid = tokens_grid(count, image_shape, spec.patch_size)
+    if grid is None:
+        raise ValueError(
+            f"{count} patch tokens (after {prefix} prefix tokens) do not form "
+            "the patch grid: check num_prefix_tokens, or pass reshape_transform="
+            "tokens_to_grid(num_prefix_tokens, grid_size=(h, w))"
+        )
+    patches = act[:, prefix:, :]
+    return patches.transpose(1, 2).reshape(act.shape[0], act.shape[2], *grid)
 
 
 def layer_activations(
@@ -130,7 +191,7 @@ def layer_activations(
             spec.forward_func, spec.layer, chunk, spec.additional_forward_args,
             spec.attribute_to_layer_input, spec.device_ids, argument,
         )  # fmt: skip
-        parts.append(to_grid(spec, acts, chunk[0].shape[0]))
+        parts.append(to_grid(spec, acts, chunk[0].shape[0], tuple(chunk[0].shape)))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 

@@ -1,0 +1,320 @@
+r"""What the library knows about a user's model: one place for every member.
+
+- which modules ``forward_func`` runs (a module, a bound method, a
+  ``functools.partial``, a closure or a lambda over a global model), so that
+  buffers are protected whatever the callable;
+- which part of the model's output is the embedding (tensor, dict, tuple,
+  Hugging Face ``ModelOutput``), via ``embedding_func``;
+- the layout of the explained layer's activations: (B, N, h, w),
+  channels-last (B, H, W, N) or tokens (B, T, N), detected from the layer's
+  own parameters and the model's attributes, or declared with ``layout``;
+- how many prefix tokens (class, register, distillation) a vision transformer
+  puts before its patch tokens (timm's ``num_prefix_tokens``, the Hugging Face
+  config, torchvision's ``class_token``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+#: how the embedding is read from a model output: None (the output is the
+#: embedding), a key (dict key or ``ModelOutput`` field), an index (tuple) or
+#: a callable mapping the output to (B, D)
+EmbeddingFunc = Union[None, str, int, Callable[[Any], Tensor]]
+
+LAYOUTS = ("auto", "channels_first", "channels_last", "tokens")
+
+
+# ------------------------------------------------------------ the modules ---
+def _candidates(obj: Any, depth: int = 0) -> Iterator[Module]:
+    """Modules reachable from a callable: itself, a bound method's owner, a
+    partial's function and arguments, closure cells and referenced globals."""
+    if depth > 3 or obj is None:
+        return
+    if isinstance(obj, Module):
+        yield obj
+        return
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, Module):
+        yield owner
+    if isinstance(obj, functools.partial):
+        yield from _candidates(obj.func, depth + 1)
+        for value in (*obj.args, *obj.keywords.values()):
+            yield from _candidates(value, depth + 1)
+    wrapped = getattr(obj, "__wrapped__", None)
+    if wrapped is not None:
+        yield from _candidates(wrapped, depth + 1)
+    code = getattr(obj, "__code__", None)
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        yield from _candidates(value, depth + 1)
+    if code is not None:
+        namespace = getattr(obj, "__globals__", {})
+        for name in code.co_names:
+            value = namespace.get(name)
+            if isinstance(value, Module) or hasattr(value, "__code__"):
+                yield from _candidates(value, depth + 1)
+
+
+def find_model(
+    forward_func: Callable[..., Any], layer: Optional[Module] = None
+) -> Optional[Module]:
+    """The module ``forward_func`` runs: one that contains ``layer`` if any,
+    else the first module found; None for a callable that holds no module."""
+    seen, first = set(), None
+    for module in _candidates(forward_func):
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        if layer is None or any(m is layer for m in module.modules()):
+            return module
+        first = module if first is None else first
+    return first if layer is None else None
+
+
+# ------------------------------------------------------------ the output ----
+def _describe(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output.keys())}"
+    if isinstance(output, (tuple, list)):
+        kinds = [type(o).__name__ for o in output]
+        return f"a {type(output).__name__} of {len(output)} items {kinds}"
+    return f"a {type(output).__name__}"
+
+
+def check_embedding_func(embedding_func: object) -> EmbeddingFunc:
+    if embedding_func is None or callable(embedding_func):
+        return embedding_func  # type: ignore[return-value]
+    if isinstance(embedding_func, (str, int)) and not isinstance(embedding_func, bool):
+        return embedding_func
+    raise TypeError(
+        "embedding_func must be None, a key (str), an index (int) or a callable, "
+        f"got {type(embedding_func).__name__}"
+    )
+
+
+def select_embedding(output: Any, embedding_func: EmbeddingFunc) -> Tensor:
+    """The (B, D) embedding in a model output (other tensor shapes flattened).
+
+    ``embedding_func`` None: the output must be a tensor. A str reads a dict
+    key or a ``ModelOutput`` field, an int a tuple item, a callable maps the
+    output to the embedding.
+    """
+    if embedding_func is None:
+        value = output
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"forward_func returned {_describe(output)}, not the embedding "
+                "tensor: pass embedding_func= to pick it (a key such as "
+                "'pooler_output' or 'embedding', an index such as 0, or a "
+                "callable mapping the output to (B, D))"
+            )
+    elif callable(embedding_func):
+        value = embedding_func(output)
+    elif isinstance(embedding_func, str):
+        if isinstance(output, Mapping) and embedding_func in output:
+            value = output[embedding_func]
+        elif not isinstance(output, Mapping) and hasattr(output, embedding_func):
+            value = getattr(output, embedding_func)
+        else:
+            raise ValueError(
+                f"embedding_func={embedding_func!r}: forward_func returned "
+                f"{_describe(output)}, which has no such key"
+            )
+    else:
+        if not isinstance(output, (tuple, list)) or not (
+            -len(output) <= embedding_func < len(output)
+        ):
+            raise ValueError(
+                f"embedding_func={embedding_func!r}: forward_func returned "
+                f"{_describe(output)}, which has no such index"
+            )
+        value = output[embedding_func]
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"embedding_func must select a Tensor, got {type(value).__name__}"
+        )
+    if value.dim() < 2:
+        raise ValueError(
+            f"the embedding must be (B, D), got shape {tuple(value.shape)}: "
+            "check embedding_func"
+        )
+    return value.reshape(value.shape[0], -1)
+
+
+def warn_if_classifier(model: Optional[Module], embedding_func: EmbeddingFunc) -> None:
+    """Warn when ``model`` still ends in a classifier head: its output are
+    logits, which gradient members would use as the embedding."""
+    if model is None or embedding_func is not None:
+        return
+    for name in ("fc", "classifier", "head", "heads"):
+        head = getattr(model, name, None)
+        if isinstance(head, Module) and _ends_in_classifier(head):
+            warnings.warn(
+                f"forward_func still has its classifier head (.{name}: "
+                f"{type(head).__name__}), so its output are class logits, used "
+                f"here as the embedding. Remove it (model.{name} = "
+                "torch.nn.Identity()) or pass embedding_func= to select the "
+                "embedding (pass embedding_func=lambda out: out to keep the "
+                "logits and silence this warning)",
+                stacklevel=4,
+            )
+            return
+
+
+def _ends_in_classifier(head: Module) -> bool:
+    last = [m for m in head.modules() if len(list(m.children())) == 0]
+    final = last[-1] if last else head
+    return isinstance(final, torch.nn.Linear) and final.out_features in (
+        1000,
+        1001,
+        11221,
+        11821,
+        21841,
+        21843,
+    )  # ImageNet-1k, -21k, -21k-P
+
+
+# ------------------------------------------------------------ the layout ----
+def check_layout(layout: object) -> str:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def _count(module: Module) -> Optional[int]:
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        return module.out_channels
+    if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+        return module.num_features
+    if isinstance(module, torch.nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, torch.nn.LayerNorm) and module.normalized_shape:
+        return module.normalized_shape[-1]
+    if isinstance(module, torch.nn.Linear):
+        return module.out_features
+    return None
+
+
+def channel_count(layer: Module, model: Optional[Module] = None) -> Optional[int]:
+    """The channel count the layer's activations have, from parameters: the
+    layer's last convolution, norm or linear submodule, or for a
+    parameter-free layer (an activation, a pooling) the last such module the
+    model registers before it."""
+    counts = [c for c in map(_count, layer.modules()) if c is not None]
+    if counts:
+        return counts[-1]
+    if model is None:
+        return None
+    count = None
+    for module in model.modules():
+        if module is layer:
+            return count
+        count = _count(module) or count
+    return None
+
+
+def channels_last(act: Tensor, count: Optional[int], layout: str) -> bool:
+    """Whether the 4-D activations ``act`` are (B, H, W, N).
+
+    Declared by ``layout``, or detected: the channel ``count`` the parameters
+    give (:func:`channel_count`) must match dim 1 or dim 3, not both. Without
+    that evidence, shapes that look channels-last ((B, a, a, c) with c != a)
+    raise instead of being guessed.
+    """
+    if layout == "channels_first":
+        return False
+    if layout == "channels_last":
+        return True
+    if layout == "tokens":
+        raise ValueError(
+            f"layout='tokens' expects (B, T, N) activations, got {tuple(act.shape)}"
+        )
+    first, last = act.shape[1] == count, act.shape[3] == count
+    if count is not None and first != last:
+        return last
+    if act.shape[1] == act.shape[2] and act.shape[3] != act.shape[1]:
+        raise ValueError(
+            f"layer activations {tuple(act.shape)} may be (B, N, h, w) or "
+            "channels-last (B, H, W, N), and the layer's parameters do not tell: "
+            "pass layout='channels_first' or layout='channels_last'"
+        )
+    return False
+
+
+def prefix_tokens(model: Optional[Module]) -> Optional[int]:
+    """Tokens before the patch tokens, read from the model, or None."""
+    if model is None:
+        return None
+    count = getattr(model, "num_prefix_tokens", None)  # timm
+    if isinstance(count, int):
+        return count
+    config = getattr(model, "config", None)  # Hugging Face
+    kind = getattr(config, "model_type", None)
+    if isinstance(kind, str):
+        if kind in ("swin", "swinv2", "convnext", "convnextv2"):
+            return 0
+        extra = getattr(config, "num_register_tokens", 0) or 0
+        distilled = 1 if kind == "deit" else 0
+        if hasattr(model, "embeddings") or kind in ("vit", "dinov2", "deit"):
+            return 1 + distilled + int(extra)
+    if isinstance(getattr(model, "class_token", None), Tensor):  # torchvision
+        return 1
+    return None
+
+
+def patch_size(model: Optional[Module]) -> Optional[Tuple[int, int]]:
+    """The model's patch size, from timm's patch_embed or the HF config."""
+    if model is None:
+        return None
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if size is None:
+        size = getattr(getattr(model, "config", None), "patch_size", None)
+    if size is None:
+        size = getattr(model, "patch_size", None)  # torchvision
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, Sequence) and len(size) == 2:
+        return (int(size[0]), int(size[1]))
+    return None
+
+
+def tokens_grid(
+    count: int, image_shape: Optional[Sequence[int]], patch: Optional[Tuple[int, int]]
+) -> Optional[Tuple[int, int]]:
+    """(h, w) of ``count`` patch tokens: from the image size and the patch
+    size when known, else the square grid; None when neither fits."""
+    if image_shape is not None and patch is not None and len(image_shape) >= 2:
+        h, w = image_shape[-2] // patch[0], image_shape[-1] // patch[1]
+        if h * w == count:
+            return h, w
+    side = math.isqrt(count)
+    if count > 0 and side * side == count:
+        return side, side
+    return None
+
+
+def siamese_hint(error: TypeError, forward_func: Callable[..., Any]) -> Optional[str]:
+    """A message for a model whose forward needs two inputs (a Siamese pair)."""
+    text = str(error)
+    if "missing" in text and "required positional argument" in text:
+        return (
+            f"forward_func could not run on one batch of inputs ({text}). "
+            "A Siamese model taking (x1, x2) cannot be explained as a whole: "
+            "pass its embedding branch (e.g. model.embedding_net, model.backbone "
+            "or a function x -> embedding) as forward_func, and its scoring "
+            "head, if it has one, as metric= to the gradient members or to "
+            "SimilarityTarget"
+        )
+    return None
