@@ -157,11 +157,12 @@ def write_report(
         settings = json.loads((out / MANIFEST).read_text())
     rows = []
     shown = 0
+    pictures = _Pictures(queries, gallery, mean, std, height)
     for record in read_results(out):
         if shown >= limit:
             break
         shown += 1
-        rows.append(_row(out, record, queries, gallery, mean, std, height))
+        rows.append(_row(out, record, pictures))
     title = (
         f"Retrieval explained: {settings.get('member', '?')} maps, "
         f"{settings.get('metric', '?')} similarity, layer "
@@ -196,20 +197,40 @@ def write_report(
     return path
 
 
-def _row(
-    out: Path,
-    record: Dict[str, Any],
-    queries: ImageSource,
-    gallery: ImageSource,
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-    height: int,
-) -> str:
+class _Pictures:
+    """Display thumbnails of queries and gallery items; the gallery's are
+    kept (up to ``keep``), since neighbours recur across queries."""
+
+    def __init__(self, queries, gallery, mean, std, height, keep: int = 512) -> None:
+        self.queries, self.gallery = queries, gallery
+        self.mean, self.std, self.height, self.keep = mean, std, height, keep
+        self.cache: Dict[int, Tensor] = {}
+
+    def _picture(self, image: Tensor) -> Tensor:
+        return _thumbnail(to_display(image, self.mean, self.std), self.height)
+
+    def query(self, index: int) -> Tensor:
+        return self._picture(self.queries.take([index])[0])
+
+    def items(self, indices: List[int]) -> List[Tensor]:
+        missing = [i for i in dict.fromkeys(indices) if i not in self.cache]
+        fresh = dict(zip(missing, self.gallery.take(missing))) if missing else {}
+        result = [
+            self.cache[i] if i in self.cache else self._picture(fresh[i])
+            for i in indices
+        ]
+        for i, picture in zip(indices, result):
+            if i not in self.cache and len(self.cache) < self.keep:
+                self.cache[i] = picture
+        return result
+
+
+def _row(out: Path, record: Dict[str, Any], pictures: _Pictures) -> str:
     q = int(record["query"])
     neighbours = record["neighbours"]
     maps = load_maps(out, record, dtype=torch.float32)
-    query_picture = _thumbnail(to_display(queries.take([q])[0], mean, std), height)
-    items = gallery.take([n["index"] for n in neighbours])
+    query_picture = pictures.query(q)
+    items = pictures.items([int(n["index"]) for n in neighbours])
     name = f"q{q:06d}"
     _save_png(overlay(query_picture, None), out / "thumbs" / f"{name}.png")
     label = record.get("label")
@@ -224,7 +245,7 @@ def _row(
     ]
     for j, item in enumerate(neighbours):
         rank = item["rank"]
-        picture = _thumbnail(to_display(items[j], mean, std), height)
+        picture = items[j]
         n_file = f"thumbs/{name}-r{rank:02d}-neighbour.png"
         q_file = f"thumbs/{name}-r{rank:02d}-query.png"
         _save_png(overlay(picture, maps["neighbours"][j]), out / n_file)

@@ -125,14 +125,22 @@ def exact_top_k(
         order = torch.sort(values, dim=1, descending=True, stable=True).indices
         order = order[:, :k]
         best_values, best_indices = values.gather(1, order), indices.gather(1, order)
-    if metric == "euclidean":
-        # exact values for the chosen items, as similarity_matrix computes them
-        chosen = gallery[best_indices.flatten().to(gallery.device)].to(device)
-        diff = queries.float()[:, None] - chosen.float().view(*best_indices.shape, -1)
+    # exact values of the chosen items, each from its own two vectors (so
+    # equal items get equal values whatever chunk they were scored in), then
+    # best first, ties by the lower gallery index
+    chosen = gallery[best_indices.flatten().to(gallery.device)].to(device).float()
+    chosen = chosen.view(*best_indices.shape, -1)
+    if metric == "cosine":
+        best_values = (q[:, None] * F.normalize(chosen, dim=-1, eps=COSINE_EPS)).sum(-1)
+    else:
+        diff = queries.float()[:, None] - chosen
         best_values = -(diff * diff).sum(dim=-1)
-        order = torch.sort(best_values, dim=1, descending=True, stable=True).indices
-        best_values = best_values.gather(1, order)
-        best_indices = best_indices.gather(1, order)
+    by_index = torch.sort(best_indices, dim=1).indices
+    best_values = best_values.gather(1, by_index)
+    best_indices = best_indices.gather(1, by_index)
+    order = torch.sort(best_values, dim=1, descending=True, stable=True).indices
+    best_values = best_values.gather(1, order)
+    best_indices = best_indices.gather(1, order)
     return best_values, best_indices
 
 
@@ -295,8 +303,9 @@ def _contrast_maps(
     return maps[:, 0]
 
 
-def supports_contrast(method: PairAttribution) -> bool:
-    """True when the family's ``attribute`` takes a ``contrast=`` support."""
+def supports_contrast(method: Union[PairAttribution, type]) -> bool:
+    """True when the member's (an object or a class) ``attribute`` takes a
+    ``contrast=`` support."""
     return "contrast" in inspect.signature(method.attribute).parameters
 
 

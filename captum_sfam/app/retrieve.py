@@ -1,0 +1,143 @@
+r"""``captum-sfam retrieve``: explain a whole retrieval run over folders of images.
+
+captum-sfam retrieve QUERIES GALLERY --top-k K --out DIR [--batch-size B]
+                     [--contrast] [--report-limit N] [--no-report] [--restart]
+                     [--model ...] [--weights ...] [--layer ...] [--method ...]
+                     [--metric ...] [--size ...]
+
+Both folders are searched recursively. When every image sits in a subfolder
+of its root, the subfolder's name is its label and the run reports Recall@1,
+Recall@5 and mAP@k. Several processes, one machine:
+``torchrun --nproc-per-node=N "$(command -v captum-sfam)" retrieve ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..retrieval import ImageFiles, explain_retrieval, init_distributed
+from .loading import CLIError, add_model_arguments, find_images, model_from_args
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    r"""Adds the ``retrieve`` arguments (and the model options) to ``parser``.
+
+    Args:
+        parser (argparse.ArgumentParser): the subcommand's parser.
+    """
+    parser.add_argument("queries", help="folder of query images (recursive)")
+    parser.add_argument("gallery", help="folder of gallery images (recursive)")
+    parser.add_argument(
+        "--top-k", type=_positive, default=5, help="neighbours explained per query"
+    )
+    parser.add_argument("--out", default="retrieval", help="output folder")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=16,
+        help="queries per batch (and gallery images per forward pass)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="image-reading worker processes"
+    )
+    parser.add_argument(
+        "--contrast",
+        action="store_true",
+        help="also draw why rank 1 rather than rank 2 (needs k >= 2)",
+    )
+    parser.add_argument(
+        "--report-limit",
+        type=_positive,
+        default=100,
+        help="queries shown in index.html (results.jsonl has all)",
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip index.html")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete an earlier run in --out instead of resuming it",
+    )
+    parser.add_argument(
+        "--device", help="cpu or cuda (default: cuda when available, per rank)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_arguments(parser)
+
+
+def _dataset(folder: str, preprocess) -> ImageFiles:
+    root = Path(folder)
+    paths = find_images(root)
+    if not paths:
+        raise CLIError(f"no images in {folder}")
+    labels = ImageFiles.folder_labels(root, paths)
+    return ImageFiles([p.resolve() for p in paths], preprocess, labels)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``captum-sfam retrieve``; returns the exit code."""
+    context = init_distributed()
+    try:
+        loaded = model_from_args(args)
+        if args.device:
+            device = torch.device(args.device)
+        elif context.device.type == "cuda":
+            device = context.device
+        else:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        loaded.model.to(device)
+        queries = _dataset(args.queries, loaded.preprocess)
+        gallery = _dataset(args.gallery, loaded.preprocess)
+        if queries.labels is None or gallery.labels is None:
+            queries.labels = gallery.labels = None
+        try:
+            result = explain_retrieval(
+                loaded.model,
+                loaded.layer,
+                queries,
+                gallery,
+                args.out,
+                member=loaded.method,
+                k=args.top_k,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                contrast=args.contrast,
+                report=not args.no_report,
+                report_limit=args.report_limit,
+                mean=loaded.mean,
+                std=loaded.std,
+                device=device,
+                resume=not args.restart,
+                progress=not args.no_progress,
+            )
+        except ValueError as error:
+            raise CLIError(str(error)) from error
+        if context.is_main:
+            out = Path(args.out)
+            print(
+                f"{len(queries)} queries x top {args.top_k} of {len(gallery)} "
+                f"gallery images ({args.method}, {args.metric}, "
+                f"{context.world_size} process(es)): {result.seconds:.1f} s"
+            )
+            if result.metrics:
+                print("metrics: " + json.dumps(result.metrics))
+            print(f"wrote {out / 'results.jsonl'}, maps in {out / 'maps'}")
+            if result.report is not None:
+                print(f"report: {result.report}")
+        return 0
+    finally:
+        if context.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

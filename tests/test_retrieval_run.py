@@ -1,0 +1,358 @@
+"""explain_retrieval: exact top-k, pair maps, on-disk format, resume, report, CLI."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyCNN
+from PIL import Image
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset
+
+from captum_sfam import LayerCGRAM, LayerSFAM
+from captum_sfam.metrics import recall_at_k
+from captum_sfam.retrieval import (
+    MAP_DTYPE,
+    average_precision_at_k,
+    exact_top_k,
+    explain_retrieval,
+    load_maps,
+    mean_retrieval_metrics,
+    read_results,
+    supports_contrast,
+)
+from captum_sfam.similarity import embed, similarity_matrix
+
+
+def images(count: int, seed: int, size: int = 16) -> torch.Tensor:
+    return torch.rand(
+        count, 3, size, size, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+class CountingTiny(TinyCNN):
+    """TinyCNN recording the batch size of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__(channels=6, embed=5)
+        self.batches: list = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return super().forward(x)
+
+
+@pytest.fixture
+def model():
+    return CountingTiny().eval()
+
+
+# ----------------------------------------------------------- top-k ---------
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_exact_top_k_equals_a_full_sort(metric, chunk):
+    gen = torch.Generator().manual_seed(1)
+    queries, gallery = (
+        torch.randn(9, 4, generator=gen),
+        torch.randn(23, 4, generator=gen),
+    )
+    gallery[5] = gallery[17]  # a tie: the lower index must come first
+    queries[2] = gallery[17] * 2
+    exclude = torch.full((9,), -1)
+    exclude[4] = 3
+    values, indices = exact_top_k(queries, gallery, 6, metric, chunk, exclude)
+    full = similarity_matrix(queries, gallery, metric)
+    full[4, 3] = -torch.inf
+    expected = torch.sort(full, dim=1, descending=True, stable=True)
+    assert torch.equal(indices, expected.indices[:, :6])
+    torch.testing.assert_close(values, expected.values[:, :6], rtol=1e-5, atol=1e-5)
+    assert (indices[4] != 3).all()
+    if metric == "cosine":
+        assert indices[2, :2].tolist() == [5, 17]
+
+
+def test_exact_top_k_rejects_k_larger_than_the_gallery():
+    with pytest.raises(ValueError, match="k must be in"):
+        exact_top_k(torch.randn(2, 3), torch.randn(4, 3), 5)
+    with pytest.raises(ValueError, match="k must be in"):
+        exact_top_k(
+            torch.randn(2, 3), torch.randn(4, 3), 4, exclude=torch.tensor([0, 1])
+        )
+
+
+# ----------------------------------------------------------- a run ---------
+def test_run_writes_neighbours_and_the_pair_maps_of_attribute(model, tmp_path):
+    queries, gallery = images(7, 0), images(20, 1)
+    k, batch = 3, 4
+    run = explain_retrieval(
+        model, model.features, queries, gallery, tmp_path, "sfam", k=k,
+        metric="euclidean", batch_size=batch, report=False,
+    )  # fmt: skip
+    records = list(read_results(tmp_path))
+    assert [r["query"] for r in records] == list(range(7))
+    assert run.pairs_explained == 7 * k
+    # memory bounded by the batch: no forward pass sees more than batch_size
+    # images although the gallery has 20
+    assert max(model.batches) <= batch
+    q_emb, g_emb = embed(model, queries), embed(model, gallery)
+    full = similarity_matrix(q_emb, g_emb, "euclidean")
+    expected = torch.sort(full, dim=1, descending=True, stable=True)
+    sfam = LayerSFAM(model, model.features, metric="euclidean")
+    for record in records:
+        q = record["query"]
+        neighbours = record["neighbours"]
+        assert [n["rank"] for n in neighbours] == [1, 2, 3]
+        assert [n["index"] for n in neighbours] == expected.indices[q, :k].tolist()
+        sims = torch.tensor([n["similarity"] for n in neighbours])
+        torch.testing.assert_close(sims, expected.values[q, :k], rtol=1e-5, atol=1e-5)
+        maps = load_maps(tmp_path, record)
+        assert maps["query"].dtype == MAP_DTYPE and maps["query"].shape == (k, 8, 8)
+        assert maps["neighbours"].shape == (k, 8, 8) and "contrast" not in maps
+        for j, n in enumerate(neighbours):
+            q_map, g_map = sfam.attribute(
+                queries[q : q + 1], gallery[n["index"]][None],
+                return_support_attributions=True,
+            )  # fmt: skip
+            torch.testing.assert_close(
+                maps["query"][j].float(), q_map[0, 0], rtol=2e-3, atol=2e-3
+            )
+            torch.testing.assert_close(
+                maps["neighbours"][j].float(), g_map[0, 0, 0], rtol=2e-3, atol=2e-3
+            )
+    with safe_open(str(tmp_path / "gallery_embeddings.safetensors"), "pt") as handle:
+        torch.testing.assert_close(handle.get_tensor("embeddings"), g_emb)
+    # no pickle anywhere in the output
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert not path.read_bytes().startswith(b"\x80"), path
+
+
+def test_gradient_member_maps_equal_one_pair_at_a_time(model, tmp_path):
+    queries, gallery = images(3, 2), images(6, 3)
+    cgram = LayerCGRAM(model, model.features, metric="cosine")
+    explain_retrieval(
+        model, model.features, queries, gallery, tmp_path, cgram, k=2,
+        batch_size=2, report=False,
+    )  # fmt: skip
+    for record in read_results(tmp_path):
+        maps = load_maps(tmp_path, record, dtype=torch.float32)
+        q = record["query"]
+        for j, n in enumerate(record["neighbours"]):
+            q_map, g_map = cgram.attribute(
+                queries[q : q + 1], gallery[n["index"]][None, None],
+                return_support_attributions=True,
+            )  # fmt: skip
+            torch.testing.assert_close(
+                maps["query"][j], q_map[0, 0], rtol=2e-3, atol=2e-3
+            )
+            torch.testing.assert_close(
+                maps["neighbours"][j], g_map[0, 0, 0], rtol=2e-3, atol=2e-3
+            )
+
+
+class Labelled(Dataset):
+    """(image, label) items, the labels also as an attribute, paths as ids."""
+
+    def __init__(self, tensor, labels, prefix):
+        self.tensor, self.labels = tensor, labels
+        self.paths = [f"{prefix}/{i}.png" for i in range(len(tensor))]
+
+    def __len__(self):
+        return len(self.tensor)
+
+    def __getitem__(self, i):
+        return self.tensor[i], self.labels[i]
+
+
+def test_leave_one_out_metrics_agree_with_recall_at_k(model, tmp_path):
+    data = images(12, 4)
+    labels = [i % 3 for i in range(12)]
+    both = Labelled(data, labels, "set")
+    # the same dataset as queries and gallery: each query skips itself (same id)
+    run = explain_retrieval(
+        model, model.features, DataLoader(both, batch_size=5), both, tmp_path,
+        "ram", k=5, metric="cosine", report=False,
+    )  # fmt: skip
+    records = list(read_results(tmp_path))
+    assert all(r["id"] != n["id"] for r in records for n in r["neighbours"])
+    assert records[0]["id"] == "set/0.png" and records[0]["label"] == 0
+    emb = embed(model, data)
+    target = torch.tensor(labels)
+    assert run.metrics["recall@1"] == pytest.approx(
+        recall_at_k(emb, target, "cosine", 1)
+    )
+    assert run.metrics["recall@5"] == pytest.approx(
+        recall_at_k(emb, target, "cosine", 5)
+    )
+    ranked = [[n["label"] for n in r["neighbours"]] for r in records]
+    means = mean_retrieval_metrics(ranked, labels, labels)
+    # each label has 4 items, 3 relevant once the query itself is left out;
+    # mean_retrieval_metrics counts 4, the run 3: recompute with 3
+    hits = [[lab == r["label"] for lab in row] for r, row in zip(records, ranked)]
+    ap = np.mean([average_precision_at_k(h, 3, 5) for h in hits])
+    assert run.metrics["map@5"] == pytest.approx(ap)
+    assert means["recall@1"] == pytest.approx(run.metrics["recall@1"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics"] == run.metrics
+
+
+def test_average_precision_by_hand():
+    assert average_precision_at_k([True, False, True], 2, 3) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
+    assert average_precision_at_k([False, True], 5, 2) == pytest.approx(0.5 / 2)
+    assert average_precision_at_k([False, False], 1, 2) == 0.0
+
+
+def test_rerun_resumes_after_the_finished_batches(model, tmp_path):
+    queries, gallery = images(9, 5), images(11, 6)
+    args = (model, model.features, queries, gallery, tmp_path, "sfam")
+    explain_retrieval(*args, k=2, batch_size=3, report=False)
+    before = (tmp_path / "results.jsonl").read_text()
+    shard = load_maps(tmp_path, list(read_results(tmp_path))[4])  # batch 1
+    # an interrupted run: batch 1 never finished, nothing merged yet
+    (tmp_path / "parts/batch-000001.jsonl").unlink()
+    (tmp_path / "maps/batch-000001.safetensors").unlink()
+    (tmp_path / "results.jsonl").unlink()
+    model.batches.clear()
+    run = explain_retrieval(*args, k=2, batch_size=3, report=False)
+    assert (tmp_path / "results.jsonl").read_text() == before
+    again = load_maps(tmp_path, list(read_results(tmp_path))[4])
+    assert all(torch.equal(shard[key], again[key]) for key in shard)
+    # gallery embeddings read from disk; only batch 1's queries embedded
+    # (3 images) and explained (3 queries + their neighbours, one pass)
+    assert run.pairs_explained == 3 * 2
+    # (a full run would embed the 11 gallery images first: 17 images or more)
+    assert model.batches[0] == 3 and sum(model.batches) <= 3 + 3 + 3 * 2
+    # other settings in the same directory: refused, unless resume=False
+    with pytest.raises(ValueError, match="other settings.*k"):
+        explain_retrieval(*args, k=3, batch_size=3, report=False)
+    explain_retrieval(*args, k=3, batch_size=3, report=False, resume=False)
+    assert len(next(read_results(tmp_path))["neighbours"]) == 3
+
+
+def test_arguments_are_checked(model, tmp_path):
+    q, g = images(2, 0), images(3, 1)
+    with pytest.raises(ValueError, match="gallery has 3"):
+        explain_retrieval(model, model.features, q, g, tmp_path, k=4)
+    with pytest.raises(ValueError, match="member must be"):
+        explain_retrieval(model, model.features, q, g, tmp_path, "nope", k=2)
+    with pytest.raises(TypeError, match="queries must"):
+        explain_retrieval(model, model.features, [1, 2], g, tmp_path, k=2)
+    with pytest.raises(ValueError, match="1 ids for 2 items"):
+        explain_retrieval(model, model.features, q, g, tmp_path, k=2, query_ids=["a"])
+    sfam = LayerSFAM(model, model.features, metric="cosine")
+    with pytest.raises(ValueError, match="differs"):
+        explain_retrieval(
+            model, model.features, q, g, tmp_path, sfam, k=2, metric="euclidean"
+        )
+
+
+@pytest.mark.skipif(
+    not supports_contrast(LayerSFAM),
+    reason="the family has no contrast= argument in this version",
+)
+def test_contrast_maps_are_rank_one_against_rank_two(model, tmp_path):
+    queries, gallery = images(3, 7), images(8, 8)
+    run = explain_retrieval(
+        model, model.features, queries, gallery, tmp_path, "sfam", k=2,
+        batch_size=2, contrast=True, report=False,
+    )  # fmt: skip
+    sfam = LayerSFAM(model, model.features, metric="cosine")
+    for record in run.records():
+        maps = run.maps(record)
+        first, second = (gallery[n["index"]][None, None] for n in record["neighbours"])
+        q = record["query"]
+        expected = sfam.attribute(queries[q : q + 1], first, contrast=second)
+        torch.testing.assert_close(
+            maps["contrast"].float(), expected[0, 0], rtol=2e-3, atol=2e-3
+        )
+
+
+# ----------------------------------------------------------- report --------
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self.cells, self.images, self.stack = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and attrs.get("class") == "query":
+            self.rows.append(attrs["id"])
+        if tag == "td" and self.rows:
+            self.cells.append((self.rows[-1], attrs.get("class", "")))
+        if tag == "img":
+            self.images.append((self.rows[-1] if self.rows else None, attrs))
+
+
+def test_report_renders_ranked_lists_with_maps(model, tmp_path):
+    queries, gallery = images(5, 9, size=24), images(9, 10, size=24)
+    labels = ["a", "b", "c"]
+    run = explain_retrieval(
+        model, model.features, queries, gallery, tmp_path, "sfam", k=3,
+        batch_size=2, query_labels=[labels[i % 3] for i in range(5)],
+        gallery_labels=[labels[i % 3] for i in range(9)], report_limit=4,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    )  # fmt: skip
+    assert run.report == tmp_path / "index.html"
+    page = _Page()
+    page.feed(run.report.read_text())
+    page.close()
+    assert page.rows == [f"q{i:06d}" for i in range(4)]  # report_limit
+    for row in page.rows:
+        imgs = [a for r, a in page.images if r == row]
+        assert len(imgs) == 1 + 2 * 3  # the query, then neighbour + query maps
+        assert [a["class"] for a in imgs[1:3]] == ["neighbour-map", "query-map"]
+        for attrs in imgs:
+            path = tmp_path / attrs["src"]
+            assert path.is_file() and not Path(attrs["src"]).is_absolute()
+            with Image.open(path) as picture:
+                assert picture.format == "PNG" and picture.size == (128, 128)
+        verdicts = [c for r, c in page.cells if r == row][1:]
+        assert all(c in ("neighbour hit", "neighbour miss") for c in verdicts)
+    # the map is drawn: a neighbour's thumbnail differs from the bare picture
+    record = next(run.records())
+    with Image.open(tmp_path / "thumbs/q000000-r01-query.png") as drawn:
+        with Image.open(tmp_path / "thumbs/q000000.png") as bare:
+            assert np.abs(np.asarray(drawn, float) - np.asarray(bare, float)).mean() > 5
+    assert record["neighbours"][0]["rank"] == 1
+
+
+# ----------------------------------------------------------- CLI -----------
+def test_cli_retrieve_on_real_photo_folders(tmp_path, capsys):
+    from skimage import data
+
+    from captum_sfam.app import cli
+    from captum_sfam.demo.pretrained import second_view
+
+    photos = {"cat": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket()}
+    for name, photo in photos.items():
+        (tmp_path / "gallery" / name).mkdir(parents=True)
+        (tmp_path / "queries" / name).mkdir(parents=True)
+        Image.fromarray(photo).save(tmp_path / "gallery" / name / "a.png")
+        Image.fromarray(second_view(photo)).save(tmp_path / "queries" / name / "q.jpg")
+    out = tmp_path / "run"
+    argv = [
+        "retrieve", str(tmp_path / "queries"), str(tmp_path / "gallery"),
+        "--top-k", "2", "--out", str(out), "--size", "128", "--no-progress",
+        "--method", "simgradcam",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    records = list(read_results(out))
+    assert len(records) == 3 and (out / "index.html").is_file()
+    assert all(r["neighbours"][0]["label"] == r["label"] for r in records)
+    assert records[0]["id"].endswith("queries/cat/q.jpg")
+    assert '"recall@1": 1.0' in printed
+    maps = load_maps(out, records[0])
+    assert maps["query"].shape == (2, 4, 4)  # bn2 at 128 px
+    # an empty folder is a one-line error, exit code 2
+    (tmp_path / "empty").mkdir()
+    argv[1] = str(tmp_path / "empty")
+    assert cli.main(argv) == 2
+    assert "no images in" in capsys.readouterr().err
