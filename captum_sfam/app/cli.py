@@ -250,6 +250,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     bench.add_arguments(p_bench)
     p_bench.set_defaults(run=bench.main_args)
+    p_retrieve = commands.add_parser(
+        "retrieve", help="explain every query's top-k matches in a gallery"
+    )
+    from . import retrieve
+
+    retrieve.add_arguments(p_retrieve)
+    p_retrieve.set_defaults(run=retrieve.run)
     try:
         args = parser.parse_args(argv)
         return args.run(args)
