@@ -640,7 +640,11 @@ def explain_retrieval(
         save_tensors(
             out / shard_name(number),
             tensors,
-            metadata={"first_query": str(indices[0]), "member": member_name},
+            metadata={
+                "first_query": str(indices[0]),
+                "member": member_name,
+                "rank": str(context.rank),
+            },
         )
         records = []
         for row, query in enumerate(indices):
