@@ -22,7 +22,7 @@ from .methods import (
 from .methods.sfam import channel_importance, minmax_normalize, weight_spread
 from .methods.similarity_grad_cam import similarity_gradients
 from .similarity import SimilarityTarget
-from .transforms import tokens_to_grid
+from .transforms import interpolate, tokens_to_grid
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "channel_importance",
     "minmax_normalize",
     "similarity_gradients",
+    "interpolate",
     "tokens_to_grid",
     "weight_spread",
 ]

@@ -10,6 +10,14 @@ from torch import Tensor
 from torch.nn import Module
 
 from ._utils.checks import check_finite, check_metric
+from ._utils.formatting import group_by_label
+from ._utils.model import (
+    EmbeddingFunc,
+    check_embedding_func,
+    find_model,
+    select_embedding,
+    warn_if_classifier,
+)
 
 #: Embeddings whose norm is below this have cosine similarity 0 (as in
 #: ``torch.nn.functional.cosine_similarity``), e.g. an all-black IG baseline.
@@ -28,30 +36,40 @@ def embed(
     model: Callable[..., Any],
     images: Tensor,
     additional_forward_args: Optional[Any] = None,
+    embedding_func: EmbeddingFunc = None,
 ) -> Tensor:
-    """(B, D) embeddings of ``images`` (B, ...), without recording a graph."""
+    """(B, D) embeddings of ``images`` (B, ...), without recording a graph.
+
+    ``embedding_func`` picks the embedding in a dict, tuple or ``ModelOutput``
+    output (a key, an index or a callable; see the gradient members)."""
     args = additional_forward_args
     if args is None:
         args = ()
     elif not isinstance(args, tuple):
         args = (args,)
     with torch.no_grad():
-        return flatten_embeddings(model(images, *args))
+        return select_embedding(model(images, *args), embedding_func)
 
 
 def prototypes(
     model: Callable[..., Any],
     support: Tensor,
     additional_forward_args: Optional[Any] = None,
+    embedding_func: EmbeddingFunc = None,
+    support_labels: Optional[Any] = None,
 ) -> Tensor:
     r"""Class prototypes: the mean embedding of each class's K shots.
 
     ``support`` is (R, K, C, H, W), K shots of each of R classes, or
-    (R, C, H, W) for one shot each; returns (R, D), from one batched forward
-    without a graph.
+    (R, C, H, W) for one shot each; or, with ``support_labels`` (M,), a flat
+    (M, C, H, W) support as easyfsl and pytorch-metric-learning hold it,
+    grouped into classes in increasing label order. Returns (R, D), from one
+    batched forward without a graph.
     """
     if not isinstance(support, Tensor) or not support.is_floating_point():
         raise TypeError("support must be a floating point Tensor")
+    if support_labels is not None:
+        support, _ = group_by_label(support, support_labels)
     if support.dim() == 4:
         support = support.unsqueeze(1)
     if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
@@ -61,17 +79,25 @@ def prototypes(
         )
     check_finite(support, "support")
     classes, shots = support.shape[:2]
-    emb = embed(model, support.flatten(0, 1), additional_forward_args)
+    emb = embed(model, support.flatten(0, 1), additional_forward_args, embedding_func)
     return emb.reshape(classes, shots, -1).mean(dim=1)
 
 
-def similarity_matrix(embeddings: Tensor, references: Tensor, metric: str) -> Tensor:
+def similarity_matrix(
+    embeddings: Tensor, references: Tensor, metric: Union[str, MetricFunc]
+) -> Tensor:
     r"""Similarities (B, R) between embeddings (B, D) and references (R, D).
 
     ``metric="cosine"``: cosine similarity; ``metric="euclidean"``: negative
     squared Euclidean distance :math:`-\lVert e - r\rVert^2` (the logits of
-    prototypical networks). Differentiable everywhere.
+    prototypical networks); a callable: a learned similarity scoring (P, D)
+    pairs row by row, applied to the B x R pairs. Differentiable everywhere.
     """
+    if callable(metric):
+        b, r = embeddings.shape[0], references.shape[0]
+        e = embeddings.unsqueeze(1).expand(b, r, -1).flatten(0, 1)
+        ref = references.unsqueeze(0).expand(b, r, -1).flatten(0, 1)
+        return _check_scores(metric(e, ref), b * r).reshape(b, r)
     if metric == "cosine":
         e = F.normalize(embeddings, dim=-1, eps=COSINE_EPS)
         r = F.normalize(references, dim=-1, eps=COSINE_EPS)
@@ -169,8 +195,9 @@ class SimilarityTarget(Module):
         self,
         embedding_model: Module,
         references: Tensor,
-        metric: str = "cosine",
+        metric: Union[str, MetricFunc] = "cosine",
         contrast: Optional[Tensor] = None,
+        embedding_func: EmbeddingFunc = None,
     ) -> None:
         r"""
         Args:
@@ -179,18 +206,31 @@ class SimilarityTarget(Module):
                         embeddings (B, D) (or (B, ...), flattened).
             references (Tensor): reference embeddings (R, D), or (D,) for one
                         reference. Detached and stored as a buffer.
-            metric (str, optional): "cosine" or "euclidean".
+            metric (str or Callable, optional): "cosine", "euclidean", or a
+                        learned similarity: a callable scoring two (P, D)
+                        batches of embeddings row by row, (P,) scores (e.g. a
+                        Siamese model's head).
                         Default: "cosine"
             contrast (Tensor, optional): contrast reference embeddings, (R, D)
                         (one per reference), or (1, D) / (D,) (one for all):
                         output r becomes sim(e, references[r]) -
                         sim(e, contrast[r]). Stored as a buffer.
                         Default: None
+            embedding_func (str, int or Callable, optional): picks the
+                        embedding in the model's output when it is a dict, a
+                        tuple or a Hugging Face ``ModelOutput`` (a key such as
+                        ``"pooler_output"``, an index, or a callable).
+                        Default: None (the output is the embedding)
         """
         super().__init__()
         if not callable(embedding_model):
             raise TypeError("embedding_model must be callable")
-        self.metric = check_metric(metric)
+        custom = callable(metric) and not isinstance(metric, str)
+        self.metric = metric if custom else check_metric(metric)
+        self.embedding_func = check_embedding_func(embedding_func)
+        warn_if_classifier(find_model(embedding_model), self.embedding_func)
+        #: the class label of each reference, when built with support_labels
+        self.classes: Optional[Tensor] = None
         references = _reference_embeddings(references, "references", self.metric)
         if contrast is not None:
             contrast = _reference_embeddings(contrast, "contrast", self.metric)
@@ -210,9 +250,11 @@ class SimilarityTarget(Module):
         cls,
         embedding_model: Module,
         support: Tensor,
-        metric: str = "cosine",
+        metric: Union[str, MetricFunc] = "cosine",
         additional_forward_args: Optional[Any] = None,
         contrast_support: Optional[Tensor] = None,
+        support_labels: Optional[Any] = None,
+        embedding_func: EmbeddingFunc = None,
     ) -> SimilarityTarget:
         r"""Builds prototypes from support images, one per reference.
 
@@ -230,22 +272,32 @@ class SimilarityTarget(Module):
                         (R, C, H, W) images (or R = 1, one contrast for all)
                         whose prototypes become the contrast references.
                         Default: None
+            support_labels (list[int] or Tensor, optional): labels (M,) of a
+                        flat (M, C, H, W) support: classes are grouped in
+                        increasing label order, so ``target=r`` is the r-th
+                        smallest label; ``.classes`` holds the labels.
+                        Default: None
+            embedding_func (str, int or Callable, optional): as in the
+                        constructor.
+                        Default: None
 
         Returns:
             A :class:`SimilarityTarget` whose references are the prototypes:
             the means of the K embeddings of each class (computed under
             ``torch.no_grad()`` in one batched forward).
         """
-        references = prototypes(embedding_model, support, additional_forward_args)
+        args, func = additional_forward_args, embedding_func
+        references = prototypes(embedding_model, support, args, func, support_labels)
         contrast = None
         if contrast_support is not None:
-            contrast = prototypes(
-                embedding_model, contrast_support, additional_forward_args
-            )
-        return cls(embedding_model, references, metric=metric, contrast=contrast)
+            contrast = prototypes(embedding_model, contrast_support, args, func)
+        target = cls(embedding_model, references, metric, contrast, embedding_func=func)
+        if support_labels is not None:  # checked by prototypes()
+            target.classes = torch.unique(torch.as_tensor(support_labels).cpu())
+        return target
 
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
-        emb = flatten_embeddings(self.embedding_model(inputs, *args))
+        emb = select_embedding(self.embedding_model(inputs, *args), self.embedding_func)
         refs = self.references.to(emb.dtype)
         scores = similarity_matrix(emb, refs, self.metric)
         if self.contrast is not None:  # sim(e, r) - sim(e, r')

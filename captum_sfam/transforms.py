@@ -1,9 +1,12 @@
-r"""Activation layouts: turn token sequences into the (B, N, h, w) grid."""
+r"""Activation layouts and map sizes: tokens to the (B, N, h, w) grid, and
+maps of any leading dimensions upsampled to the image."""
 
 from __future__ import annotations
 
 import math
 from typing import Callable, Optional, Tuple
+
+import torch.nn.functional as F
 
 from torch import Tensor
 
@@ -57,3 +60,32 @@ def tokens_to_grid(
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
     return transform
+
+
+def interpolate(
+    attributions: Tensor, size: Tuple[int, int], mode: str = "bilinear"
+) -> Tensor:
+    r"""Upsample maps with any leading dimensions to ``size``.
+
+    ``LayerAttribution.interpolate`` takes (B, 1, h, w) maps; the pair maps of
+    ``attribute_pairs`` (Q, M, 1, h, w), the support maps (B, K, 1, h', w')
+    and few-shot gallery maps (Q, M, K, 1, h', w') have more leading
+    dimensions. This flattens them, resizes the last two dimensions with
+    ``torch.nn.functional.interpolate`` and restores the shape.
+
+    Args:
+        attributions (Tensor): maps (..., h, w), at least 3-D.
+        size (tuple[int, int]): the output (H, W).
+        mode (str, optional): as ``torch.nn.functional.interpolate``.
+                    Default: "bilinear"
+
+    Returns:
+        *Tensor*: maps (..., H, W).
+    """
+    if not isinstance(attributions, Tensor) or attributions.dim() < 3:
+        raise ValueError("attributions must be a Tensor (..., h, w) with dim >= 3")
+    lead, (h, w) = attributions.shape[:-2], attributions.shape[-2:]
+    flat = attributions.reshape(-1, 1, h, w)
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    out = F.interpolate(flat, size=tuple(size), mode=mode, **kwargs)
+    return out.reshape(*lead, *out.shape[-2:])

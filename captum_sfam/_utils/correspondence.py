@@ -71,7 +71,7 @@ def correspondence_scores(
     q = position_features(query)
     s = position_features(support).flatten(-3, -2)
     if reading == "cosine":
-        pass
+        q, s = F.normalize(q, dim=-1), F.normalize(s, dim=-1)
     elif reading == "weighted":
         if weights is None:
             raise ValueError('reading="weighted" needs the channel weights')

@@ -44,5 +44,8 @@ class LayerGradFAM(GradientPairAttribution):
     Map" (arXiv 2307.05017), SFAM's precursor.
     """
 
+    #: the score has no pair term: a contrast would not change the maps
+    supports_contrast = False
+
     def _pair_score(self, query: Tensor, shots: Tensor) -> Tensor:
         return half_squared_norms(query, shots)
