@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,238 @@ def test_to_hwc_and_figures_handle_all_zero_maps(tmp_path):
     assert len(fig.axes) == 6
     with pytest.raises(ValueError, match="one map"):
         to_hwc(torch.rand(2, 1, 7, 7), (56, 56))
+
+
+# ------------------------------------------- factories, checkpoints, images --
+FACTORY = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, 5)  # a trained embedding head
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+@pytest.fixture
+def factory(tmp_path):
+    """A user's factory file and a DDP-style checkpoint of its trained model."""
+    path = tmp_path / "user_model.py"
+    path.write_text(FACTORY)
+    namespace = {}
+    exec(compile(FACTORY, str(path), "exec"), namespace)
+    torch.manual_seed(5)
+    trained = namespace["Net"]().eval()
+    checkpoint = tmp_path / "trained.pth"
+    state = {"module." + k: v for k, v in trained.state_dict().items()}
+    torch.save({"epoch": 12, "model_state_dict": state}, checkpoint)
+    return path, checkpoint, trained
+
+
+@pytest.fixture
+def small_images(tmp_path):
+    y, x = np.mgrid[0:32, 0:32]
+    array = np.stack([x * 8, y * 8, (x + y) * 4], -1).astype(np.uint8)
+    paths = {"a": tmp_path / "a.png", "b": tmp_path / "b.png"}
+    Image.fromarray(array).save(paths["a"])
+    Image.fromarray(np.ascontiguousarray(array[:, ::-1])).save(paths["b"])
+    return paths
+
+
+def _similarity(printed: str) -> float:
+    return float(printed.split("support:")[1].split()[0])
+
+
+def _embed(model, paths, size=32):
+    from captum_sfam.app.loading import IMAGENET_MEAN, IMAGENET_STD, load_image
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = torch.stack([(load_image(p, size) - mean) / std for p in paths])
+    with torch.no_grad():
+        return model(x)
+
+
+def test_explain_with_a_factory_keeps_the_head_and_loads_the_checkpoint(
+    factory, small_images, tmp_path, capsys, monkeypatch
+):
+    import captum_sfam.visualization as visualization
+
+    figures = []
+    original = visualization.visualize_pair
+
+    def spy(*args, **kwargs):
+        figures.append(original(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(visualization, "visualize_pair", spy)
+    path, checkpoint, trained = factory
+    out = tmp_path / "fig.svg"
+    code = cli.main(
+        [
+            "explain",
+            str(small_images["a"]),
+            str(small_images["b"]),
+            "--model",
+            f"{path}:build",
+            "--weights",
+            str(checkpoint),
+            "--layer",
+            "features.0",
+            "--metric",
+            "euclidean",
+            "--size",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and out.stat().st_size > 1000
+    # the printed value uses the trained model, head included (5-d embedding)
+    q, s = _embed(trained, [small_images["a"], small_images["b"]]).split(1)
+    assert q.shape == (1, 5)
+    expected = -float(((q - s) ** 2).sum())
+    assert _similarity(printed) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # the figure shows the images as they are, not the normalised input
+    from captum_sfam.app.loading import load_image
+
+    shown = np.asarray(figures[0].axes[0].get_images()[0].get_array())
+    as_read = load_image(small_images["a"], 32).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(shown, as_read, atol=1e-5)
+
+
+def test_explain_with_a_factory_from_a_package(
+    factory, small_images, tmp_path, capsys, monkeypatch
+):
+    path, _, _ = factory
+    package = tmp_path / "site" / "userpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(path.read_text())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(__import__("sys").modules, "userpkg", raising=False)
+    args = [str(small_images["a"]), str(small_images["b"]), "--layer", "features"]
+    code = cli.main(
+        ["explain", *args, "--model", "userpkg.nets:build", "--size", "16"]
+        + ["--out", str(tmp_path / "f.png")]
+    )
+    assert code == 0, capsys.readouterr().err
+    torch.manual_seed(0)
+    from userpkg.nets import build
+
+    q, s = _embed(build().eval(), [small_images["a"], small_images["b"]], 16).split(1)
+    cosine = torch.nn.functional.cosine_similarity(q, s)
+    assert _similarity(capsys.readouterr().out) == pytest.approx(
+        float(cosine), abs=1e-4
+    )
+
+
+def test_16_bit_png_through_the_cli_reads_as_the_8_bit_image(factory, tmp_path, capsys):
+    path, _, _ = factory
+    y, x = np.mgrid[0:32, 0:32]
+    deep = ((x + 32 * y) * 64).astype(np.uint16)  # 0 .. 65472, not white
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    Image.fromarray((deep // 257).astype(np.uint8)).save(tmp_path / "eight.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "white.png")
+    common = ["--model", f"{path}:build", "--layer", "features", "--size", "32"]
+    common += ["--metric", "euclidean", "--out", str(tmp_path / "f.png")]
+    images = [str(tmp_path / "deep.png"), str(tmp_path / "eight.png")]
+    assert cli.main(["explain", *images, *common]) == 0
+    same = _similarity(capsys.readouterr().out)
+    images = [str(tmp_path / "white.png"), str(tmp_path / "eight.png")]
+    assert cli.main(["explain", *images, *common]) == 0
+    white = _similarity(capsys.readouterr().out)
+    assert abs(same) < 1e-3 * abs(white)  # the 16-bit image is not read as white
+
+
+def _one_line_error(capsys, argv):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("captum-sfam: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "0"], "argument --size: must be a positive number, got 0"),
+        (["--size", "-5"], "must be a positive number, got -5"),
+        (["--size", "1.5"], "expected a whole number"),
+        (["--out", "x.xyz"], "cannot write a figure as 'x.xyz'"),
+        (["--out", "noextension"], "cannot write a figure"),
+        (["--method", "magic"], "unknown method 'magic'"),
+        (["--metric", "l1"], "unknown metric 'l1'"),
+        (["--layer", "no_such_layer"], "unknown layer 'no_such_layer'"),
+        (["--layer", "features.7"], "unknown layer 'features.7'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_every_bad_argument_is_a_one_line_error(
+    factory, small_images, tmp_path, capsys, extra, message
+):
+    path, _, _ = factory
+    argv = ["explain", str(small_images["a"]), str(small_images["b"])]
+    argv += ["--model", f"{path}:build", "--layer", "features", "--size", "16"]
+    argv += ["--out", str(tmp_path / "f.png"), *extra]
+    assert message in _one_line_error(capsys, argv)
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_missing_files_and_bad_checkpoints_are_one_line_errors(
+    factory, small_images, tmp_path, capsys
+):
+    path, checkpoint, _ = factory
+    a, b = str(small_images["a"]), str(small_images["b"])
+    model = ["--model", f"{path}:build", "--layer", "features", "--size", "16"]
+    err = _one_line_error(capsys, ["explain", a, str(tmp_path / "gone.png"), *model])
+    assert "no such image file" in err and "gone.png" in err
+    err = _one_line_error(capsys, ["explain", a, b, *model, "--weights", "nope.pt"])
+    assert "no such weights file: nope.pt" in err
+    assert "no such file" in _one_line_error(
+        capsys, ["explain", a, b, "--model", f"{tmp_path / 'gone.py'}:build"]
+    )
+    assert "no module named 'gone_pkg'" in _one_line_error(
+        capsys, ["explain", a, b, "--model", "gone_pkg.mod:build"]
+    )
+    assert "the following arguments are required: support" in _one_line_error(
+        capsys, ["explain", a]
+    )
+    # a checkpoint of another architecture: every missing / unexpected key named
+    state = torch.load(checkpoint, weights_only=True)["model_state_dict"]
+    state["module.head.extra"] = state.pop("module.head.bias")
+    torch.save(state, tmp_path / "other.pt")
+    err = _one_line_error(
+        capsys, ["explain", a, b, *model, "--weights", str(tmp_path / "other.pt")]
+    )
+    assert "does not fit" in err
+    assert "missing keys: head.bias" in err and "unexpected keys: head.extra" in err
+    # a whole pickled model, and TorchScript
+    namespace = {}
+    exec(compile(FACTORY, str(path), "exec"), namespace)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pt")
+    err = _one_line_error(
+        capsys, ["explain", a, b, *model, "--weights", str(tmp_path / "whole.pt")]
+    )
+    assert "pickled" in err and "state_dict()" in err
+    with warnings.catch_warnings():  # torch deprecates TorchScript
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(namespace["build"]().eval(), torch.rand(1, 3, 8, 8))
+        torch.jit.save(scripted, tmp_path / "scripted.pt")
+    err = _one_line_error(
+        capsys, ["explain", a, b, *model, "--weights", str(tmp_path / "scripted.pt")]
+    )
+    assert "is a TorchScript model" in err

@@ -288,6 +288,7 @@ def test_a_long_mismatch_is_shortened_and_shapes_are_reported(tmp_path):
         loading.load_weights(_tiny(), tmp_path / "shape.pt", "tiny")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch deprecates TorchScript
 def test_whole_pickled_models_torchscript_and_other_files(tmp_path):
     torch.save(_tiny(), tmp_path / "whole.pt")
     with pytest.raises(CLIError, match=r"pickled .*torch\.nn\.modules.*state_dict\(\)"):

@@ -96,7 +96,7 @@ def explain(args: argparse.Namespace) -> int:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise CLIError(lines[0]) from error
     name = REGISTRY[args.method].display_name
-    print(f"{args.metric} similarity of {args.query} to the support: {sim:.4f}")
+    print(f"{args.metric} similarity of {args.query} to the support: {sim:.6g}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     visualize_pair(
