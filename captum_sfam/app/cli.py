@@ -1,9 +1,16 @@
 r"""``captum-sfam``: explain image pairs from the command line.
 
 captum-sfam demo --out DIR
-captum-sfam explain QUERY SUPPORT [SUPPORT ...] [--model NAME] [--weights F]
-                    [--layer NAME] [--metric cosine|euclidean]
-                    [--method sfam|...] --out FIG.png
+captum-sfam explain QUERY SUPPORT [SUPPORT ...]
+                    [--model NAME | package.module:callable | file.py:callable]
+                    [--weights CHECKPOINT] [--layer NAME] [--method sfam|...]
+                    [--metric cosine|euclidean] [--size PIXELS]
+                    [--mean M] [--std S] [--out FIG.png|.pdf|.svg|...]
+
+Models, checkpoints and images are loaded by :mod:`captum_sfam.app.loading`.
+Every error is one line on stderr and exit code 2: :class:`CLIError` raised
+anywhere, and argparse's own errors (:class:`ArgumentParser` turns them into
+:class:`CLIError`).
 """
 
 from __future__ import annotations
