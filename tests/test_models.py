@@ -154,7 +154,7 @@ def test_class_token_vit_last_block_raises_with_the_fix(member):
 def test_hf_dinov2_model_output_and_prefix_tokens_from_the_config():
     model = hf_dinov2(registers=4)
     x, s = images(2, 3, 32, 32), images(1, 3, 32, 32, seed=1)
-    layer = model.encoder.layer[-2]
+    layer = _hf_blocks(model)[-2]
     with pytest.raises(TypeError, match="embedding_func"):
         LayerCGRAM(model, layer, metric="cosine").attribute(x, s)
     cg = LayerCGRAM(model, layer, metric="cosine", embedding_func="pooler_output")
@@ -162,12 +162,12 @@ def test_hf_dinov2_model_output_and_prefix_tokens_from_the_config():
     maps = cg.attribute(x, s)
     assert maps.shape == (2, 1, 4, 4) and torch.isfinite(maps).all()
     last = LayerCGRAM(
-        model, model.encoder.layer[-1], metric="cosine",
+        model, _hf_blocks(model)[-1], metric="cosine",
         embedding_func="pooler_output",
     )  # fmt: skip
     with pytest.raises(ValueError, match="earlier block"):
         last.attribute(x, s)
-    sfam = LayerSFAM(model, model.encoder.layer[-1], metric="cosine")
+    sfam = LayerSFAM(model, _hf_blocks(model)[-1], metric="cosine")
     assert sfam.attribute(x, s).shape == (2, 1, 4, 4)
     # SimilarityTarget reads the same ModelOutput field
     target = SimilarityTarget.from_support(model, s, embedding_func="pooler_output")
@@ -175,6 +175,42 @@ def test_hf_dinov2_model_output_and_prefix_tokens_from_the_config():
         model(x).pooler_output, model(s).pooler_output.expand(2, -1), "cosine"
     )
     torch.testing.assert_close(target(x)[:, 0], expected)
+
+
+def _hf_blocks(model):
+    """transformers 5 keeps ViT blocks in ``layers``, 4 in ``encoder.layer``."""
+    return model.layers if hasattr(model, "layers") else model.encoder.layer
+
+
+def test_torchvision_vit_and_hf_vit_read_their_class_token():
+    import torchvision
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
+        mlp_dim=64,
+    ).eval()  # fmt: skip
+    tv.heads = nn.Identity()
+    hf = ViTModel(
+        ViTConfig(
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+            intermediate_size=64, image_size=32, patch_size=8,
+        )
+    ).eval()  # fmt: skip
+    x, s = images(2, 3, 32, 32), images(1, 3, 32, 32, seed=1)
+    for model, blocks, kwargs in [
+        (tv, tv.encoder.layers, {}),
+        (hf, _hf_blocks(hf), {"embedding_func": "pooler_output"}),
+    ]:
+        sfam = LayerSFAM(model, blocks[-1], metric="cosine")
+        assert sfam.num_prefix_tokens == 1
+        told = LayerSFAM(
+            model, blocks[-1], metric="cosine", reshape_transform=tokens_to_grid(1)
+        )
+        torch.testing.assert_close(sfam.attribute(x, s), told.attribute(x, s))
+        cg = LayerCGRAM(model, blocks[-2], metric="cosine", **kwargs)
+        assert cg.attribute(x, s).abs().amax() > 0
 
 
 # ------------------------------------------------------------ channels last --
@@ -243,7 +279,8 @@ def test_dict_and_tuple_outputs_need_and_take_embedding_func(cls, member):
     with pytest.raises(TypeError, match="embedding_func"):
         SimilarityTarget.from_support(model, s)(x)
     target = SimilarityTarget.from_support(model, s, embedding_func=key)
-    torch.testing.assert_close(target(x), SimilarityTarget.from_support(model.net, s)(x))
+    plain_target = SimilarityTarget.from_support(model.net, s)
+    torch.testing.assert_close(target(x), plain_target(x))
 
 
 def test_classifier_head_is_warned_about():
@@ -389,14 +426,13 @@ def test_noise_tunnel_and_sensitivity_max_with_per_query_references(member):
     torch.testing.assert_close(still, plain, atol=1e-5, rtol=1e-4)
     noisy = nt.attribute(x, nt_samples=3, stdevs=0.1, support=refs, target=index)
     assert noisy.shape == plain.shape and torch.isfinite(noisy).all()
+
     # sensitivity_max iterates over the explanation of the unperturbed inputs
     # as a tuple: wrap a layer method's single tensor in one
     def explain(inputs, **kwargs):
         return (method.attribute(inputs, **kwargs),)
 
-    sens = sensitivity_max(
-        explain, x, n_perturb_samples=2, support=refs, target=index
-    )
+    sens = sensitivity_max(explain, x, n_perturb_samples=2, support=refs, target=index)
     assert sens.shape == (2,) and torch.isfinite(sens).all()
     with pytest.raises(ValueError, match="target"):
         method.attribute(x, refs, target=3)
