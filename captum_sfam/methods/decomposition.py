@@ -3,7 +3,7 @@ r"""Decomposition: activation decomposition of a cosine similarity
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,25 +11,50 @@ from torch import Tensor
 from torch.nn import Linear, Module
 
 from .._utils.attribution import PairAttribution
-from .._utils.checks import PoolingType, deferred_checks
+from .._utils.checks import PoolingType, require
+from .._utils.correspondence import blocks
 from .._utils.features import PooledPair, ReshapeTransform
-from .._utils.formatting import TensorOrTuple
-
-#: point-to-point scores (pairs x query positions x support positions) built at once
-MAX_BLOCK_ELEMENTS = 1 << 24
+from .._utils.maps import pool
 
 
 def decomposition_weights(
-    query_vectors: Tensor, shot_vectors: Tensor, head: Optional[Tensor]
+    query_vectors: Tensor,
+    shot_vectors: Tensor,
+    head: Optional[Tensor],
+    contrast_shots: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""The CAM weights Decomposition's maps reduce to on non-negative
     activations without a head: :math:`v^S` for the query, :math:`v^Q` for each
-    shot (:math:`W^\top W v` with a head), up to a positive factor."""
+    shot (:math:`W^\top W v` with a head), up to a positive factor.
+
+    Against a contrast (``contrast_shots`` (..., K', N)), the query's weights
+    are :math:`W^\top W (v^S/\lVert W v^S\rVert - v^{S'}/\lVert W v^{S'}
+    \rVert)` (up to the positive factor :math:`1/(hw\lVert W v^Q\rVert)`),
+    those of the cosine difference; the shots keep theirs."""
     q, s = query_vectors, shot_vectors.mean(dim=-2)  # Eq. 1
+    gram = None
     if head is not None:
         gram = head.transpose(0, 1).to(q.dtype) @ head.to(q.dtype)
-        q, s = q @ gram, s @ gram
+        q = q @ gram
+    if contrast_shots is not None:  # d/dV^Q-like: unit S minus unit S'
+        c = contrast_shots.mean(dim=-2)
+        s = s / _embedding_norm(s, head) - c / _embedding_norm(c, head)
+    if gram is not None:
+        s = s @ gram
     return s, q.unsqueeze(-2)
+
+
+def _embedding_norm(vectors: Tensor, head: Optional[Tensor]) -> Tensor:
+    r""":math:`\lVert W v\rVert` of pooled vectors (..., N) -> (..., 1); a zero
+    embedding raises (its cosine is undefined)."""
+    emb = vectors if head is None else vectors @ head.transpose(0, 1).to(vectors.dtype)
+    norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True)
+    require(
+        (norm == 0).any(),
+        "a pooled query, support or contrast embedding is zero: its cosine "
+        "similarity is undefined",
+    )
+    return torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 def position_embeddings(
@@ -48,6 +73,36 @@ def position_embeddings(
     return emb if head is None else emb @ head.transpose(0, 1).to(emb.dtype)
 
 
+def position_products(
+    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
+) -> Tensor:
+    r""":math:`P(i,j,k,x,y) = \langle e_Q(i,j), e_{S_k}(x,y)\rangle`, unrectified.
+
+    query (..., N, h, w) and support (..., K, N, h', w') -> (..., h*w, K*h'*w').
+    """
+    query_emb = position_embeddings(query, pooling, head)
+    support_emb = position_embeddings(support, pooling, head).flatten(-3, -2)
+    return query_emb @ support_emb.transpose(-1, -2)
+
+
+def cosine_scale(activations: Tensor, pooling: str, head: Optional[Tensor]) -> Tensor:
+    r"""The factor :math:`n\,\lVert e(V)\rVert` that turns summed products into
+    a cosine, for (..., K, N, h, w) activations -> (...,).
+
+    :math:`V` is the mean of the K pooled shots, :math:`e(V) = WV`, and n the
+    number of position terms behind :math:`V`: :math:`K h w` for average
+    pooling (:math:`\sum_{kxy} e_{S_k}(x,y) = Khw\, e(V)`), K for max
+    pooling (one arg-max per channel, ties aside). With the query's factor
+    (K = 1) :math:`\sum P / (z_Q z_S) = \cos(e(V^Q), e(V^S))`.
+    """
+    shots, positions = activations.shape[-4], activations.shape[-2:].numel()
+    vectors = pool(activations.flatten(0, -4), pooling).unflatten(
+        0, activations.shape[:-3]
+    )
+    count = shots * (positions if pooling == "avg" else 1)
+    return count * _embedding_norm(vectors.mean(dim=-2), head).squeeze(-1)
+
+
 def point_to_point_scores(
     query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
 ) -> Tensor:
@@ -59,45 +114,64 @@ def point_to_point_scores(
     to the similarity). query (..., N, h, w) and support (..., K, N, h', w'),
     leading dims broadcasting -> (..., h*w, K*h'*w').
     """
-    query_emb = position_embeddings(query, pooling, head)
-    support_emb = position_embeddings(support, pooling, head).flatten(-3, -2)
-    p = query_emb @ support_emb.transpose(-1, -2)
+    p = position_products(query, support, pooling, head)
     peak = p.amax(dim=(-2, -1), keepdim=True)
     safe = torch.where(peak > 0, peak, torch.ones_like(peak))
     return torch.where(peak > 0, F.relu(p / safe), torch.zeros_like(p))
 
 
-def _blocks(query: Tensor, support: Tensor) -> Iterator[Tuple[Tensor, Tensor]]:
-    """Slices of the first leading dim small enough for MAX_BLOCK_ELEMENTS."""
-    lead = torch.broadcast_shapes(query.shape[:-3], support.shape[:-4])
-    support_positions = support.shape[-4] * support.shape[-2:].numel()
-    per_row = lead[1:].numel() * query.shape[-2:].numel() * support_positions
-    step = max(1, MAX_BLOCK_ELEMENTS // max(1, per_row))
-    for start in range(0, lead[0], step):
-        rows = slice(start, start + step)
-        yield (
-            query[rows] if query.shape[0] > 1 else query,
-            support[rows] if support.shape[0] > 1 else support,
-        )
+def _cosine_terms(
+    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
+) -> Tensor:
+    r""":math:`\mathrm{ReLU}(P) / (z_Q z_S)`, each position pair's rectified
+    share of :math:`\cos(Q, S)`, (..., h*w, K*h'*w')."""
+    p = position_products(query, support, pooling, head)
+    scale = cosine_scale(query.unsqueeze(-4), pooling, head) * cosine_scale(
+        support, pooling, head
+    )
+    return F.relu(p) / scale[..., None, None]
 
 
 def decomposition_maps(
-    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
+    query: Tensor,
+    support: Tensor,
+    pooling: str,
+    head: Optional[Tensor],
+    contrast: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""The overall maps: :math:`M_Q(i,j) = \sum_{k,x,y} R(i,j,k,x,y)` and
     :math:`M_{S_k}(x,y) = \sum_{i,j} R(i,j,k,x,y)`, R the rectified P.
 
     query (..., N, h, w), support (..., K, N, h', w') -> (..., h, w) and
     (..., K, h', w'), built in blocks of the first leading dimension.
+
+    With ``contrast`` (..., K', N, h'', w''), the decomposition of
+    :math:`\cos(Q,S) - \cos(Q,S')`: :math:`M_Q(i,j) = \sum_{kxy}
+    \mathrm{ReLU}(P_S)/(z_Q z_S) - \sum_{kxy}\mathrm{ReLU}(P_{S'})/(z_Q z_{S'})`
+    and :math:`M_{S_k}(x,y) = \sum_{ij}\mathrm{ReLU}(P_S)/(z_Q z_S)`
+    (:func:`cosine_scale`; no max normalisation, so the query map sums to the
+    cosine difference when no P is negative).
     """
     query_maps, support_maps = [], []
-    for q, s in _blocks(query, support):
-        rect = point_to_point_scores(q, s, pooling, head)
+    for q, s in blocks(query, support):
+        if contrast is None:
+            rect = point_to_point_scores(q, s, pooling, head)
+        else:
+            rect = _cosine_terms(q, s, pooling, head)
         query_maps.append(rect.sum(dim=-1).unflatten(-1, query.shape[-2:]))
         support_maps.append(
             rect.sum(dim=-2).unflatten(-1, (support.shape[-4], *support.shape[-2:]))
         )
-    return torch.cat(query_maps), torch.cat(support_maps)
+    query_map = torch.cat(query_maps)
+    if contrast is not None:  # minus each query position's share of cos(Q, S')
+        against = torch.cat(
+            [
+                _cosine_terms(q, c, pooling, head).sum(dim=-1)
+                for q, c in blocks(query, contrast)
+            ]
+        ).unflatten(-1, query.shape[-2:])
+        query_map = query_map - against
+    return query_map, torch.cat(support_maps)
 
 
 class LayerDecomposition(PairAttribution):
@@ -148,11 +222,14 @@ class LayerDecomposition(PairAttribution):
         device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
         head: Union[None, Tensor, Linear] = None,
+        layout: str = "auto",
+        num_prefix_tokens: Optional[int] = None,
     ) -> None:
         r"""
         Args:
 
-            forward_func, layer, pooling, device_ids, reshape_transform:
+            forward_func, layer, pooling, device_ids, reshape_transform, layout,
+            num_prefix_tokens:
                         as for :class:`~captum_sfam.LayerSFAM`; ``pooling`` must
                         be "avg" or "max".
             metric (str, optional): "cosine" (the only metric the method is
@@ -164,8 +241,9 @@ class LayerDecomposition(PairAttribution):
                         Default: None
         """
         super().__init__(
-            forward_func, layer, metric, pooling, device_ids, reshape_transform
-        )
+            forward_func, layer, metric, pooling, device_ids, reshape_transform,
+            layout, num_prefix_tokens,
+        )  # fmt: skip
         if isinstance(head, Linear):
             head = head.weight
         if head is not None:
@@ -184,7 +262,7 @@ class LayerDecomposition(PairAttribution):
 
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
         head = self._head(pair.query.shape[-1])
-        return decomposition_weights(pair.query, pair.shots, head)
+        return decomposition_weights(pair.query, pair.shots, head, pair.contrast_shots)
 
     def _pair_maps(
         self,
@@ -193,49 +271,22 @@ class LayerDecomposition(PairAttribution):
         query_weights: Tensor,
         shot_weights: Tensor,
         with_support: bool = True,
+        contrast: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Optional[Tensor]]:
         head = self._head(query.shape[-3])
-        return decomposition_maps(query, support, str(self.pooling), head)
+        return decomposition_maps(query, support, str(self.pooling), head, contrast)
 
-    @deferred_checks()
-    def point_to_point(
-        self,
-        inputs: TensorOrTuple,
-        support: TensorOrTuple,
-        additional_forward_args: Optional[object] = None,
-        attribute_to_layer_input: bool = False,
+    def _correspondence_scores(
+        self, query: Tensor, support: Tensor, reading: str, weights: Optional[Tensor]
     ) -> Tensor:
-        r"""The point-to-point activation of each pair.
-
-        Args:
-            inputs, support, additional_forward_args, attribute_to_layer_input:
-                        as in :meth:`attribute`.
-
-        Returns:
-            *Tensor* of shape (B, h, w, K, h', w'):
-            :math:`\mathrm{ReLU}(P(i,j,k,x,y) / \max P)`, how much query
-            location (i, j) and location (x, y) of support shot k contribute
-            to the similarity. ``result[b, i, j]`` is the map on the support
-            of query point (i, j); ``result[b, ..., k, x, y]`` the map on the
-            query of support point (x, y).
-        """
-        features = self._pair_features(
-            inputs, support, additional_forward_args, attribute_to_layer_input
-        )
-        query, shots = features.query, features.support
-        head, pooling = self._head(query.shape[1]), str(self.pooling)
-        with torch.no_grad():
-            blocks = [
-                point_to_point_scores(q, s, pooling, head)
-                for q, s in _blocks(query, shots)
-            ]
-        return (
-            torch.cat(blocks)
-            .reshape(
-                features.batch_size,
-                *query.shape[-2:],
-                *shots.shape[1:2],
-                *shots.shape[-2:],
-            )
-            .to(features.output_dtype)
-        )
+        """Readings on the position embeddings e(i, j) (max mask, head):
+        "dot" is Zhu et al.'s rectified, max-normalised P, "cosine" the
+        cosine of the embeddings; "weighted" uses the layer's activations."""
+        head, pooling = self._head(query.shape[-3]), str(self.pooling)
+        if reading == "dot":
+            return point_to_point_scores(query, support, pooling, head)
+        if reading == "cosine":
+            q = F.normalize(position_embeddings(query, pooling, head), dim=-1)
+            s = F.normalize(position_embeddings(support, pooling, head), dim=-1)
+            return q @ s.flatten(-3, -2).transpose(-1, -2)
+        return super()._correspondence_scores(query, support, reading, weights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -15,16 +16,32 @@ WEIGHTINGS = ("self", "other", "product")
 
 
 def ram_weights(
-    query_vectors: Tensor, shot_vectors: Tensor, weighting: str
+    query_vectors: Tensor,
+    shot_vectors: Tensor,
+    weighting: str,
+    contrast_shots: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """RAM's weight rule, broadcasting over leading dims.
+    r"""RAM's weight rule, broadcasting over leading dims.
 
     query_vectors (..., N) and shot_vectors (..., K, N) -> query weights
-    (..., N) and shot weights (..., K or 1, N).
+    (..., N) and shot weights (..., K or 1, N). The rule is linear in
+    :math:`V^S`, so against a contrast (``contrast_shots`` (..., K', N),
+    :math:`V^{S'}` their mean) the query weights are those for :math:`S`
+    minus those for :math:`S'`: 0 for "self" (pair-agnostic: nothing to
+    contrast), :math:`v^S - v^{S'}` for "other" and
+    :math:`v^Q (v^S - v^{S'})` for "product" (the channel's contribution to
+    :math:`\langle V^Q, V^S\rangle - \langle V^Q, V^{S'}\rangle`, which
+    "product" also gives the shots). "self" and "other" shots keep their
+    weights (:math:`S'` does not involve them).
     """
+    contrast = None if contrast_shots is None else contrast_shots.mean(dim=-2)
     if weighting == "self":  # each image weighted by its own pooled vector
+        if contrast is not None:  # v^Q - v^Q: the query map ignores the support
+            return torch.zeros_like(query_vectors), shot_vectors
         return query_vectors, shot_vectors
     support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
+    if contrast is not None:  # linear in V^S: weights(S) - weights(S')
+        support_vectors = support_vectors - contrast
     if weighting == "other":  # each image weighted by the other side's vector
         return support_vectors, query_vectors.unsqueeze(-2)
     product = query_vectors * support_vectors  # channel contributions to V^Q.V^S
@@ -58,6 +75,12 @@ class LayerRAM(PairAttribution):
       to the dot product, for both images.
 
     ``metric`` does not change RAM's weights (kept for a uniform interface).
+
+    Contrast (``attribute(..., contrast=S')``): the weights are linear in
+    :math:`V^S`, so the query weights become those for :math:`S` minus those
+    for :math:`S'`: :math:`v^S - v^{S'}` ("other"), :math:`v^Q_n(v^S_n -
+    v^{S'}_n)` ("product", for the shots too), and 0 for "self", whose query
+    map does not depend on the support (the contrast map is all zeros).
     """
 
     def __init__(
@@ -69,11 +92,14 @@ class LayerRAM(PairAttribution):
         device_ids: Optional[List[int]] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
         weighting: str = "self",
+        layout: str = "auto",
+        num_prefix_tokens: Optional[int] = None,
     ) -> None:
         r"""
         Args:
 
-            forward_func, layer, metric, pooling, device_ids, reshape_transform:
+            forward_func, layer, metric, pooling, device_ids, reshape_transform,
+            layout, num_prefix_tokens:
                         as for :class:`~captum_sfam.LayerSFAM`.
             weighting (str, optional): "self" (each image's own pooled vector,
                         pair-agnostic), "other" (the other side's vector) or
@@ -81,8 +107,9 @@ class LayerRAM(PairAttribution):
                         Default: "self"
         """
         super().__init__(
-            forward_func, layer, metric, pooling, device_ids, reshape_transform
-        )
+            forward_func, layer, metric, pooling, device_ids, reshape_transform,
+            layout, num_prefix_tokens,
+        )  # fmt: skip
         if weighting not in WEIGHTINGS:
             raise ValueError(
                 f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
@@ -90,4 +117,4 @@ class LayerRAM(PairAttribution):
         self.weighting = weighting
 
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
-        return ram_weights(pair.query, pair.shots, self.weighting)
+        return ram_weights(pair.query, pair.shots, self.weighting, pair.contrast_shots)

@@ -2,7 +2,7 @@ r"""SFAM: Similar Feature Activation Map (Liao et al., arXiv 2506.01636)."""
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -13,6 +13,9 @@ from .._utils.features import PooledPair
 
 #: unit vectors closer than this (max abs difference) count as parallel, D = 0
 PARALLEL_TOL = 1e-12
+#: contrastive scores whose largest difference, times N - 1, is below this
+#: tell the support from the contrast nowhere: zero weights
+CONTRAST_TOL = 1e-12
 
 
 def _unit(v: Tensor, name: str) -> Tensor:
@@ -170,16 +173,40 @@ def weight_spread(
 
 
 def sfam_weights(
-    query_vectors: Tensor, shot_vectors: Tensor, metric: str
+    query_vectors: Tensor,
+    shot_vectors: Tensor,
+    metric: str,
+    contrast_shots: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""SFAM's weight rule: Norm(ω) for the query and, unchanged, for every shot.
 
     query_vectors (..., N) and shot_vectors (..., K, N), leading dims
     broadcasting -> query weights (..., N) and shot weights (..., 1, N).
+
+    With a contrast support (``contrast_shots`` (..., K', N), :math:`V^{S'}`
+    their mean) the Eq. 2 / 5 scores are subtracted before normalising, and
+    the difference is scaled by its largest magnitude (Eq. 4's min-max would
+    move the zero): :math:`\Delta_n = \omega_n(Q, S) - \omega_n(Q, S')`,
+    weights :math:`\Delta_n / \max_m |\Delta_m|` in [-1, 1], all zeros when
+    no channel tells S from S' (:math:`\max|\Delta| (N-1) \le 10^{-12}`).
+    Computed in float64; the reading was chosen by measurement (see
+    :class:`LayerSFAM`).
     """
     support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
-    weights = minmax_normalize(  # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine)
-        channel_importance(query_vectors, support_vectors, metric)
+    if contrast_shots is None:
+        weights = minmax_normalize(  # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine)
+            channel_importance(query_vectors, support_vectors, metric)
+        )
+        return weights, weights.unsqueeze(-2)
+    dtype = compute_dtype(query_vectors, shot_vectors, contrast_shots)
+    query, contrast = query_vectors.double(), contrast_shots.double().mean(dim=-2)
+    delta = channel_importance(  # Eq. 2 / 5 for S minus Eq. 2 / 5 for S'
+        query, support_vectors.double(), metric
+    ) - channel_importance(query, contrast, metric)
+    scale = delta.abs().amax(dim=-1, keepdim=True)
+    distinct = scale * (delta.shape[-1] - 1) > CONTRAST_TOL
+    weights = torch.where(distinct, delta / torch.where(distinct, scale, 1.0), 0.0).to(
+        dtype
     )
     return weights, weights.unsqueeze(-2)
 
@@ -225,4 +252,4 @@ class LayerSFAM(PairAttribution):
     """
 
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
-        return sfam_weights(pair.query, pair.shots, self.metric)
+        return sfam_weights(pair.query, pair.shots, self.metric, pair.contrast_shots)

@@ -47,8 +47,15 @@ def similarity_grad_cam_weights(pair: PooledPair, metric: str) -> Tuple[Tensor, 
     Avg pooling spreads :math:`\partial s/\partial v_n` evenly over the h*w
     positions, max pooling puts it on the arg-max: the spatial mean is
     :math:`g_n/(hw)` in both cases. Shot k enters :math:`V^S` with weight 1/K.
+
+    With a contrast support :math:`S'` (``pair.contrast_shots``) the score is
+    :math:`s(V^Q, V^S) - s(V^Q, V^{S'})`: the query's gradient is
+    :math:`g_Q(S) - g_Q(S')`, the shots' gradient is unchanged (the second
+    term does not depend on :math:`S`).
     """
     grad_q, grad_s = similarity_gradients(pair.query, pair.support, metric)
+    if pair.contrast is not None:  # d/dV^Q [s(Q, S) - s(Q, S')]
+        grad_q = grad_q - similarity_gradients(pair.query, pair.contrast, metric)[0]
     shots = pair.shots.shape[-2]
     return (
         grad_q / pair.query_positions,
@@ -80,6 +87,13 @@ class LayerSimilarityGradCam(PairAttribution):
     shots). The result equals Captum's ``LayerGradCam`` run through a
     :class:`~captum_sfam.SimilarityTarget` whose embedding is the pooled layer
     (tested), without a backward pass or an autograd graph.
+
+    Contrast (``attribute(..., contrast=S')``): Grad-CAM of the score
+    :math:`s(V^Q, V^S) - s(V^Q, V^{S'})`, so
+    :math:`\alpha^Q_n = (g_n(S) - g_n(S'))/(hw)`; the support shots keep
+    their weights (:math:`S'` does not enter their gradient). It equals
+    Captum's ``LayerGradCam`` through a ``SimilarityTarget`` with a contrast
+    reference (tested).
 
     Supports ``pooling="avg"`` and ``"max"`` (ties at the maximum aside); a
     pooling callable has no closed form and raises ``ValueError``. A zero pooled

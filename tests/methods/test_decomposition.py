@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -112,7 +114,7 @@ def test_decomposition_matches_slow_loops(pooling, with_head):
     head = model.head if with_head else None
     dec = LayerDecomposition(model, model.features, pooling=pooling, head=head)
     q_maps, s_maps = dec.attribute(q, s, return_support_attributions=True)
-    p2p = dec.point_to_point(q, s)
+    p2p = dec.point_to_point(q, s, reading="dot")
     aq, as_ = acts(model, q).numpy(), acts(model, s).numpy()
     w = model.head.weight.detach().double().numpy() if with_head else None
     h, wd = aq.shape[-2:]
@@ -170,3 +172,91 @@ def test_pooling_callables_are_rejected():
         LayerDecomposition(
             model, model.features, metric="cosine", pooling=lambda a: a.mean((2, 3))
         )
+
+
+# ---------------------------------------------------------------- contrast --
+
+
+def slow_decomposition_contrast(aq, shots, contrast, pooling="avg", head=None):
+    """The decomposition of cos(Q, S) - cos(Q, S') with loops (numpy, float64):
+    each position pair's rectified product P divided by z_Q z_S, where
+    z = (number of position terms) * |e(V)| makes the unrectified sum the
+    cosine (avg pooling: hw per image; max pooling: one arg-max)."""
+    aq = np.asarray(aq, np.float64)
+
+    def embed(a):
+        a = a.copy()
+        if pooling == "max":
+            for ch in range(a.shape[0]):
+                a[ch] = a[ch] * (a[ch] == a[ch].max())
+        e = a.reshape(a.shape[0], -1).T
+        return e if head is None else e @ np.asarray(head).T
+
+    def scale(images):
+        pooled = [
+            a.reshape(a.shape[0], -1).mean(1)
+            if pooling == "avg"
+            else a.reshape(a.shape[0], -1).max(1)
+            for a in images
+        ]
+        v = sum(pooled) / len(images)
+        e = v if head is None else np.asarray(head) @ v
+        count = len(images) * (images[0][0].size if pooling == "avg" else 1)
+        return count * math.sqrt(float(np.dot(e, e)))
+
+    def terms(others):
+        others = [np.asarray(a, np.float64) for a in others]
+        eq, z = embed(aq), scale([aq]) * scale(others)
+        out = np.zeros((eq.shape[0], len(others), others[0][0].size))
+        for i in range(eq.shape[0]):
+            for k, a in enumerate(others):
+                es = embed(a)
+                for j in range(es.shape[0]):
+                    out[i, k, j] = max(float(np.dot(eq[i], es[j])), 0.0) / z
+        return out
+
+    t_s, t_c = terms(shots), terms(contrast)
+    return t_s.sum(axis=(1, 2)) - t_c.sum(axis=(1, 2)), t_s.sum(axis=0)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("with_head", [False, True])
+def test_contrast_maps_match_slow_loops(pooling, with_head):
+    model = TinyCNN(negative=True).eval()
+    q, s = images(2, 3, 12, 12, seed=1), images(2, 3, 12, 12, seed=2)
+    c = images(3, 3, 12, 12, seed=3)
+    head = model.head if with_head else None
+    dec = LayerDecomposition(model, model.features, pooling=pooling, head=head)
+    q_maps, s_maps = dec.attribute(q, s, contrast=c, return_support_attributions=True)
+    aq, as_, ac = (acts(model, x).double().numpy() for x in (q, s, c))
+    w = model.head.weight.detach().double().numpy() if with_head else None
+    for b in range(2):
+        exp_q, exp_s = slow_decomposition_contrast(
+            aq[b], list(as_), list(ac), pooling, w
+        )
+        np.testing.assert_allclose(q_maps[b, 0].numpy().ravel(), exp_q, atol=1e-6)
+        np.testing.assert_allclose(
+            s_maps[b, :, 0].numpy().reshape(2, -1), exp_s, atol=1e-6
+        )
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3))
+def test_contrast_map_sums_to_the_cosine_difference(seed, shots):
+    """On a ReLU model without a head no P is negative: the contrast map is an
+    exact decomposition, sum_ij M_Q(i, j) = cos(Q, S) - cos(Q, S')."""
+    model = TinyCNN().double().eval()
+    q = images(1, 3, 12, 12, seed=seed).double()
+    s = images(shots, 3, 12, 12, seed=seed + 1).double()
+    c = images(2, 3, 12, 12, seed=seed + 2).double()
+    dec = LayerDecomposition(model, model.features)
+    q_map = dec.attribute(q, s, contrast=c)
+    vq, vs, vc = (acts(model, x).mean((2, 3)) for x in (q, s, c))
+    expected = cosine(vq[0], vs.mean(0)) - cosine(vq[0], vc.mean(0))
+    torch.testing.assert_close(q_map.sum(), expected)
+    # the channel weights give the same map, up to the factor 1/(hw |V^Q|)
+    w, _ = dec.channel_weights(q, s, contrast=c)
+    aq = acts(model, q)
+    cam = torch.einsum("bn,bnhw->bhw", w, aq)
+    hw = aq.shape[-2] * aq.shape[-1]
+    torch.testing.assert_close(cam.sum() / (hw * vq.norm()), expected)

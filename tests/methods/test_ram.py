@@ -15,6 +15,7 @@ from helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from captum_sfam import (
     LayerRAM,
@@ -103,3 +104,66 @@ def test_every_weighting_has_its_all_pairs_form(weighting, metric):
             )
             torch.testing.assert_close(q_maps[i, j], one_q[0], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(g_maps[i, j], one_s[0], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- contrast --
+
+
+def slow_ram_contrast_weights(vq, shots, contrast_shots, weighting):
+    """RAM against a contrast S', loops: the query weights for S minus those
+    for S' (the rule is linear in V^S); "self" and "other" shots keep their
+    weights, "product" shots take the query's."""
+    n = len(vq)
+    exp_q, exp_shots = slow_ram_weights(vq, shots, weighting)
+    against_q, _ = slow_ram_weights(vq, contrast_shots, weighting)
+    query = [exp_q[c] - against_q[c] for c in range(n)]
+    if weighting == "product":
+        exp_shots = [query for _ in shots]
+    return query, exp_shots
+
+
+@given(pooled_pairs(), st.sampled_from(["self", "other", "product"]), st.data())
+def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, weighting, data):
+    q, shots = pair
+    k_c = data.draw(st.sampled_from([1, 2, 4]))
+    grid = st.integers(-40, 40).map(lambda i: i / 4)
+    contrast = data.draw(
+        arrays(np.float64, (*shots.shape[:-2], k_c, q.shape[-1]), elements=grid)
+    )
+    query_weights, shot_weights = ram_weights(
+        torch.from_numpy(q), torch.from_numpy(shots), weighting,
+        torch.from_numpy(contrast),
+    )  # fmt: skip
+    lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
+    n, k = q.shape[-1], shots.shape[-2]
+    query_weights = query_weights.expand(*lead, n)
+    shot_weights = shot_weights.expand(*lead, k, n)
+    contrasts = np.broadcast_to(contrast, (*lead, k_c, n))
+    for index, vq, vshots in each_pair(q, shots):
+        exp_q, exp_shots = slow_ram_contrast_weights(
+            vq, vshots, contrasts[index].tolist(), weighting
+        )
+        torch.testing.assert_close(query_weights[index], torch.tensor(exp_q, dtype=F64))
+        torch.testing.assert_close(
+            shot_weights[index], torch.tensor(exp_shots, dtype=F64)
+        )
+
+
+@pytest.mark.parametrize("weighting", ["self", "other", "product"])
+def test_contrast_maps_match_numpy_loops(weighting):
+    """attribute(..., contrast=S'): query map sum_n (w_n(S) - w_n(S')) A_Q^n."""
+    model = TinyCNN(negative=True).eval()
+    q, s = images(2, 3, 16, 16, seed=1), images(2, 3, 16, 16, seed=2)
+    c = images(2, 3, 3, 16, 16, seed=3)  # a 3-shot contrast per query
+    method = LayerRAM(model, model.features, weighting=weighting)
+    q_maps = method.attribute(q, s, contrast=c)
+    aq = acts(model, q).double().numpy()
+    vs = acts(model, s).double().mean(dim=(2, 3)).mean(0).numpy()
+    for b in range(2):
+        vq = aq[b].mean(axis=(1, 2))
+        vc = acts(model, c[b]).double().mean(dim=(2, 3)).mean(0).numpy()
+        w = {"self": vq - vq, "other": vs - vc, "product": vq * vs - vq * vc}
+        expected = np.einsum("n,nhw->hw", w[weighting], aq[b])
+        np.testing.assert_allclose(q_maps[b, 0].numpy(), expected, atol=1e-5)
+    if weighting == "self":  # pair-agnostic: nothing to contrast
+        assert (q_maps == 0).all()

@@ -4,6 +4,8 @@ Property tests of the equations, a slow reference, SFAM-specific behaviour."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -475,3 +477,106 @@ def test_shared_support_equals_per_query_support_and_batching():
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(shared[0], torch.cat([o[0] for o in one_by_one]))
     torch.testing.assert_close(shared[1], torch.cat([o[1] for o in one_by_one]))
+
+
+# ---------------------------------------------------------------- contrast --
+
+
+def slow_omega(vq, shot_vectors, metric):
+    """omega of Eq. 2 / 5 (before Eq. 4) of one pair, loops in float64, with
+    the documented D = 0 case (omega = 1/N)."""
+    vq = [float(x) for x in vq]
+    n, k = len(vq), len(shot_vectors)
+    vs = [sum(float(shot[c]) for shot in shot_vectors) / k for c in range(n)]
+    if metric == "cosine":
+        nq = math.sqrt(sum(x * x for x in vq))
+        ns = math.sqrt(sum(x * x for x in vs))
+        vq, vs = [x / nq for x in vq], [x / ns for x in vs]
+        if max(abs(a - b) for a, b in zip(vq, vs)) <= 1e-12:
+            vs = vq
+    d = [(vq[c] - vs[c]) ** 2 for c in range(n)]
+    total = sum(d)
+    if total == 0:
+        return [1.0 / n] * n
+    return [(total - d[c]) / ((n - 1) * total) for c in range(n)]
+
+
+def slow_contrast_sfam_weights(vq, shots, contrast_shots, metric):
+    """(omega(S) - omega(S')) / max |omega(S) - omega(S')|; zeros when the
+    largest difference times N - 1 is at most 1e-12."""
+    a, b = slow_omega(vq, shots, metric), slow_omega(vq, contrast_shots, metric)
+    delta = [x - y for x, y in zip(a, b)]
+    scale = max(abs(x) for x in delta)
+    if scale * (len(delta) - 1) <= 1e-12:
+        return [0.0] * len(delta)
+    return [x / scale for x in delta]
+
+
+@given(pooled_pairs(min_channels=2), METRIC, st.data())
+def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, metric, data):
+    q, shots = pair
+    k_c = data.draw(st.sampled_from([1, 2, 4]))
+    grid = st.integers(-40, 40).map(lambda i: i / 4)
+    contrast = data.draw(
+        arrays(np.float64, (*shots.shape[:-2], k_c, q.shape[-1]), elements=grid)
+    )
+    vectors = (q, shots.mean(-2), contrast.mean(-2))
+    if metric == "cosine" and min(np.abs(v).max(-1).min() for v in vectors) == 0:
+        with pytest.raises(ValueError, match="zero vector"):
+            sfam_weights(*map(torch.from_numpy, (q, shots)), metric,
+                         torch.from_numpy(contrast))  # fmt: skip
+        return
+    query_weights, shot_weights = sfam_weights(
+        torch.from_numpy(q), torch.from_numpy(shots), metric, torch.from_numpy(contrast)
+    )
+    lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
+    n = q.shape[-1]
+    assert query_weights.dtype == F64 and shot_weights.shape == (*lead, 1, n)
+    query_weights = query_weights.expand(*lead, n)
+    contrasts = np.broadcast_to(contrast, (*lead, k_c, n))
+    for index, vq, vshots in each_pair(q, shots):
+        expected = torch.tensor(
+            slow_contrast_sfam_weights(vq, vshots, contrasts[index].tolist(), metric),
+            dtype=F64,
+        )
+        torch.testing.assert_close(query_weights[index], expected)
+        torch.testing.assert_close(shot_weights[index][0], expected)
+
+
+@given(pairs(), METRIC, st.data())
+def test_contrast_weights_are_antisymmetric_and_bounded(pair, metric, data):
+    """Swapping S and S' negates the weights; they lie in [-1, 1] with
+    max |w| = 1 unless no channel tells S from S' (then all zeros); S' = S
+    gives zeros."""
+    q, s = pair
+    c = torch.from_numpy(data.draw(arrays(np.float64, s.shape, elements=FINITE)))
+    assume(c.abs().max() > 1e-6)
+    w = sfam_weights(q, s[None], metric, c[None])[0]
+    back = sfam_weights(q, c[None], metric, s[None])[0]
+    torch.testing.assert_close(w, -back)
+    assert w.abs().max() <= 1.0
+    assert w.abs().max() == 1.0 or (w == 0).all()
+    torch.testing.assert_close(
+        sfam_weights(q, s[None], metric, s[None])[0], torch.zeros_like(w)
+    )
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_contrast_maps_match_slow_loops(metric):
+    model = TinyCNN(negative=True).eval()
+    q, s = images(2, 3, 16, 16, seed=1), images(2, 3, 16, 16, seed=2)
+    c = images(3, 3, 16, 16, seed=3)
+    sfam = LayerSFAM(model, model.features, metric=metric)
+    q_maps, s_maps = sfam.attribute(q, s, contrast=c, return_support_attributions=True)
+    aq, as_, ac = (acts(model, x).double().numpy() for x in (q, s, c))
+    shots = [a.mean(axis=(1, 2)).tolist() for a in as_]
+    contrast = [a.mean(axis=(1, 2)).tolist() for a in ac]
+    for b in range(2):
+        vq = aq[b].mean(axis=(1, 2)).tolist()
+        w = np.array(slow_contrast_sfam_weights(vq, shots, contrast, metric))
+        np.testing.assert_allclose(
+            q_maps[b, 0].numpy(), np.einsum("n,nhw->hw", w, aq[b]), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            s_maps[b, :, 0].numpy(), np.einsum("n,knhw->khw", w, as_), atol=1e-5
+        )

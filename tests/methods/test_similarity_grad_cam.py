@@ -21,6 +21,7 @@ from helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from captum_sfam import (
     LayerSimilarityGradCam,
@@ -105,3 +106,68 @@ def test_pooling_callables_are_rejected():
         LayerSimilarityGradCam(
             model, model.features, metric="cosine", pooling=lambda a: a.mean((2, 3))
         )
+
+
+# ---------------------------------------------------------------- contrast --
+
+
+def slow_contrast_weights(vq, shots, contrast_shots, metric, positions, shot_pos):
+    """Grad-CAM weights of s(V^Q, V^S) - s(V^Q, V^S') by autograd (float64
+    leaves): the query's gradient of the difference, each shot's gradient."""
+    q = torch.tensor(vq, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(shots, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(contrast_shots, dtype=torch.float64)
+    sim = cosine if metric == "cosine" else neg_sq
+    with torch.enable_grad():
+        score = sim(q, s.mean(0)) - sim(q, c.mean(0))
+        grad_q, grad_s = torch.autograd.grad(score, (q, s))
+    return grad_q / positions, grad_s / shot_pos
+
+
+@given(pooled_pairs(), st.sampled_from(["euclidean", "cosine"]), st.data())
+def test_contrast_weights_equal_autograd_in_every_layout(pair, metric, data):
+    q, shots = pair
+    k_c = data.draw(st.sampled_from([1, 2]))
+    grid = st.integers(-40, 40).map(lambda i: i / 4)
+    contrast = data.draw(
+        arrays(np.float64, (*shots.shape[:-2], k_c, q.shape[-1]), elements=grid)
+    )
+    hw, shot_hw = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9))
+    vectors = (q, shots.mean(-2), contrast.mean(-2))
+    if metric == "cosine" and min(np.abs(v).max(-1).min() for v in vectors) == 0:
+        return  # zero vectors raise (tested without contrast)
+    pooled = PooledPair(
+        torch.from_numpy(q), torch.from_numpy(shots), hw, shot_hw,
+        torch.from_numpy(contrast),
+    )  # fmt: skip
+    query_weights, shot_weights = similarity_grad_cam_weights(pooled, metric)
+    lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
+    n, k = q.shape[-1], shots.shape[-2]
+    contrasts = np.broadcast_to(contrast, (*lead, k_c, n))
+    query_weights = query_weights.expand(*lead, n)
+    for index, vq, vshots in each_pair(q, shots):
+        exp_q, exp_shots = slow_contrast_weights(
+            vq, vshots, contrasts[index].tolist(), metric, hw, shot_hw
+        )
+        torch.testing.assert_close(query_weights[index], exp_q)
+        torch.testing.assert_close(shot_weights[index].expand(k, n), exp_shots)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_contrast_equals_captum_layer_grad_cam_of_a_contrast_target(metric, pooling):
+    """Grad-CAM of s(Q, S) - s(Q, S'): ours (closed form) against Captum's
+    LayerGradCam through SimilarityTarget(..., contrast=...)."""
+    model = TinyCNN().eval()
+    emb = PooledEmbedding(model, pooling=pooling)
+    q = images(3, 3, 16, 16, seed=1)
+    s, c = images(2, 3, 16, 16, seed=2), images(3, 3, 16, 16, seed=3)
+    ours = LayerSimilarityGradCam(model, model.features, metric=metric, pooling=pooling)
+    q_maps = ours.attribute(q, s, contrast=c)
+    target = SimilarityTarget.from_support(
+        emb, s.unsqueeze(0), metric=metric, contrast_support=c.unsqueeze(0)
+    )
+    theirs = LayerGradCam(target, model.features).attribute(q, target=0)
+    torch.testing.assert_close(q_maps, theirs.detach(), rtol=1e-4, atol=1e-6)
+    # and the contrast changes the map
+    assert not torch.allclose(q_maps, ours.attribute(q, s), atol=1e-4)

@@ -1,0 +1,124 @@
+"""contrast=: the engine's plumbing, shared by every forward-only member.
+
+The formulas are tested against slow references in tests/methods/; here:
+layouts, all pairs, one forward pass, symmetry, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TinyCNN, images
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from captum_sfam.methods import REGISTRY
+
+FORWARD_ONLY = [m.cls for m in REGISTRY.values() if m.forward_only]
+# RAM's default ("self") is pair-agnostic: its contrast map is all zeros
+CONTRASTING = [
+    (cls, {"weighting": "other"} if cls.__name__ == "LayerRAM" else {})
+    for cls in FORWARD_ONLY
+]
+IDS = [cls.__name__ for cls, _ in CONTRASTING]
+
+
+def method_for(cls, kwargs, model=None, metric="cosine"):
+    model = model or TinyCNN(negative=True).eval()
+    return cls(model, model.features, metric=metric, **kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs", CONTRASTING, ids=IDS)
+@pytest.mark.parametrize("per_query", [False, True])
+def test_attribute_pairs_with_contrast_equals_attribute(cls, kwargs, per_query):
+    method = method_for(cls, kwargs)
+    q, gallery = images(3, 3, 12, 12, seed=1), images(4, 2, 3, 12, 12, seed=2)
+    contrast = images(3, 2, 3, 12, 12, seed=3) if per_query else images(2, 3, 12, 12)
+    q_maps, g_maps = method.attribute_pairs(
+        q, gallery, contrast=contrast, return_gallery_attributions=True
+    )
+    assert q_maps.shape == (3, 4, 1, 6, 6) and g_maps.shape == (3, 4, 2, 1, 6, 6)
+    for i in range(3):
+        c = contrast[i] if per_query else contrast
+        for j in range(4):
+            one_q, one_s = method.attribute(
+                q[i : i + 1], gallery[j], contrast=c, return_support_attributions=True
+            )
+            torch.testing.assert_close(q_maps[i, j], one_q[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(g_maps[i, j], one_s[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls, kwargs", CONTRASTING, ids=IDS)
+def test_per_query_contrast_equals_one_call_per_query(cls, kwargs):
+    method = method_for(cls, kwargs)
+    q, s = images(3, 3, 12, 12, seed=1), images(2, 3, 12, 12, seed=2)
+    c = images(3, 2, 3, 12, 12, seed=3)
+    batched = method.attribute(q, s, contrast=c)
+    weights = method.channel_weights(q, s, contrast=c)
+    for b in range(3):
+        one = method.attribute(q[b : b + 1], s, contrast=c[b])
+        torch.testing.assert_close(batched[b], one[0], rtol=1e-4, atol=1e-5)
+        w = method.channel_weights(q[b : b + 1], s, contrast=c[b])
+        torch.testing.assert_close(weights[0][b], w[0][0], rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from(CONTRASTING), st.integers(0, 1000))
+def test_swapping_support_and_contrast_negates_the_query_map(case, seed):
+    """Every reading is a difference 'for S' minus 'for S''; a contrast equal
+    to the support leaves nothing: an all-zero query map."""
+    cls, kwargs = case
+    method = method_for(cls, kwargs)
+    q = images(2, 3, 12, 12, seed=seed)
+    s, c = images(1, 3, 12, 12, seed=seed + 1), images(2, 3, 12, 12, seed=seed + 2)
+    forward = method.attribute(q, s, contrast=c)
+    backward = method.attribute(q, c, contrast=s)
+    torch.testing.assert_close(forward, -backward, rtol=1e-4, atol=1e-5)
+    same = method.attribute(q, s, contrast=s)
+    torch.testing.assert_close(same, torch.zeros_like(same), rtol=0, atol=1e-6)
+    assert forward.abs().max() > 1e-4  # and the contrast is not trivially zero
+
+
+def _count_forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("cls, kwargs", CONTRASTING, ids=IDS)
+def test_contrast_runs_in_the_same_forward_pass_in_eval_mode(cls, kwargs):
+    model = TinyCNN(negative=True).eval()
+    method = method_for(cls, kwargs, model)
+    q, s, c = images(2, 3, 12, 12), images(2, 3, 12, 12), images(3, 3, 12, 12)
+    calls, handle = _count_forwards(model)
+    try:
+        method.attribute(q, s, contrast=c)
+        assert len(calls) == 1
+        method.attribute_pairs(q, s, contrast=c)
+        assert len(calls) == 2
+        # a contrast of another size runs in its own pass, with the same result
+        big = torch.nn.functional.interpolate(c, size=(16, 16))
+        method.attribute(q, s, contrast=big)
+        assert len(calls) == 4
+    finally:
+        handle.remove()
+    model.train()  # batch statistics: one pass per image set
+    calls, handle = _count_forwards(model)
+    try:
+        method.attribute(q, s, contrast=c)
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+
+
+def test_contrast_arguments_are_checked():
+    model = TinyCNN().eval()
+    method = REGISTRY["sfam"].cls(model, model.features)
+    q, s = images(2, 3, 8, 8), images(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="contrast has 3 per-query"):
+        method.attribute(q, s, contrast=images(3, 1, 3, 8, 8))
+    with pytest.raises(TypeError, match="contrast"):
+        method.attribute(q, s, contrast=torch.ones(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="contrast"):
+        method.attribute(q, s, contrast=torch.full((1, 3, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="contrast"):
+        method.attribute_pairs(q, s, contrast=images(1, 4, 8, 8))
