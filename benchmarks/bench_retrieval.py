@@ -82,6 +82,7 @@ def one_run(args: argparse.Namespace) -> dict:
     model = SmallEmbedding().to(device).eval()
     queries = SyntheticImages(args.queries, args.size, offset=10**9)
     gallery = SyntheticImages(args.gallery, args.size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     run = explain_retrieval(
         model, model.features, queries, gallery, args.out, member=args.member,
@@ -103,6 +104,7 @@ def one_run(args: argparse.Namespace) -> dict:
         "pair_maps": args.queries * args.k,
         "pair_maps_per_s": args.queries * args.k / seconds,
         "peak_rss_mib": peak,
+        "rss_before_run_mib": before,
         "peak_cuda_mib": gpu_peak,
         "timings": run.timings,
     }
@@ -125,16 +127,23 @@ def _child(args: argparse.Namespace, gallery: int, nproc: int, out: Path) -> dic
             f"--nproc-per-node={nproc}", *script,
         ]  # fmt: skip
     subprocess.run(launch, check=True, timeout=args.timeout)
-    ranks = [json.loads(line) for line in Path(str(out) + ".json").read_text().split()]
+    ranks = [
+        json.loads(line) for line in Path(str(out) + ".json").read_text().splitlines()
+    ]
     return {
         "gallery": gallery,
         "processes": nproc,
         "seconds": max(r["seconds"] for r in ranks),
         "pair_maps_per_s": ranks[0]["pair_maps"] / max(r["seconds"] for r in ranks),
         "peak_rss_mib_per_process": max(r["peak_rss_mib"] for r in ranks),
+        "run_rss_increase_mib": max(
+            r["peak_rss_mib"] - r["rss_before_run_mib"] for r in ranks
+        ),
         "peak_cuda_mib": ranks[0]["peak_cuda_mib"],
         "gallery_embedding_s": max(r["timings"]["gallery_embedding_s"] for r in ranks),
         "queries_s": max(r["timings"]["queries_s"] for r in ranks),
+        "explain_pair_maps_per_s": ranks[0]["pair_maps"]
+        / max(r["timings"]["queries_s"] for r in ranks),
     }
 
 

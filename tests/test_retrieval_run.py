@@ -172,7 +172,7 @@ class Labelled(Dataset):
 def test_leave_one_out_metrics_agree_with_recall_at_k(model, tmp_path):
     data = images(12, 4)
     labels = [i % 3 for i in range(12)]
-    both = Labelled(data, labels, "set")
+    both = Labelled(data, torch.tensor(labels), "set")  # tensor labels: plain in JSON
     # the same dataset as queries and gallery: each query skips itself (same id)
     run = explain_retrieval(
         model, model.features, DataLoader(both, batch_size=5), both, tmp_path,

@@ -37,6 +37,15 @@ def _image_of(batch: Any, name: str) -> Tensor:
     return batch
 
 
+def _plain(label: Any) -> Any:
+    """A label as a JSON-serialisable Python value."""
+    if isinstance(label, (str, int, float, bool)) or label is None:
+        return label
+    if hasattr(label, "item"):
+        return label.item()
+    return str(label)
+
+
 class ImageSource:
     r"""Indexed access to the images of a query set or a gallery.
 
@@ -111,7 +120,8 @@ class ImageSource:
         if labels is None:
             labels = getattr(data, "labels", None)
         self.ids = None if ids is None else [str(i) for i in ids]
-        self.labels = None if labels is None else list(labels)
+        # plain Python values (tensor and numpy scalars too), for the JSON lines
+        self.labels = None if labels is None else [_plain(label) for label in labels]
         for values, what in ((self.ids, "ids"), (self.labels, "labels")):
             if values is not None and len(values) != self.length:
                 raise ValueError(

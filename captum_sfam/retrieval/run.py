@@ -150,8 +150,9 @@ class RetrievalRun:
 
     ``metrics`` holds the mean Recall@1, Recall@5 and mAP@k over the queries
     that have a relevant gallery item, when labels are known (empty
-    otherwise). ``pairs_explained`` and ``seconds`` count this call on this
-    rank only (a resumed run counts the batches it did).
+    otherwise, and on ranks other than 0). ``pairs_explained`` and
+    ``seconds`` count this call on this rank only (a resumed run counts the
+    batches it did).
     """
 
     out: Path
@@ -603,6 +604,7 @@ def explain_retrieval(
         if context.is_main:
             save_tensors(out / EMBEDDINGS, {"embeddings": embeddings})
     gallery_table = embeddings.to(device)
+    del embeddings, cached
     timings["gallery_embedding_s"] = time.perf_counter() - tick
 
     # 2. query batches of this rank: search, explain, write
