@@ -263,3 +263,95 @@ def compare_methods(
 
 
 __all__ = ["compare_methods", "to_hwc", "visualize_pair"]
+
+
+def visualize_correspondences(
+    query_image: ArrayLike,
+    support_image: ArrayLike,
+    scores: Tensor,
+    matches: int = 20,
+    mutual: bool = True,
+    title: Optional[str] = None,
+    path: Union[None, str, Path] = None,
+):
+    r"""The best point-to-point matches as lines between the two images.
+
+    Each query cell (i, j) is matched to its best-scoring support cell; with
+    ``mutual=True`` only mutual nearest neighbours are kept (the query cell is
+    also the support cell's best match). The ``matches`` highest-scoring
+    matches are drawn from cell centre to cell centre, coloured by score.
+
+    Args:
+        query_image, support_image: (H, W, 3) or (3, H, W) images, values in
+                    [0, 1] or [0, 255].
+        scores (Tensor): one pair's ``point_to_point`` scores, (h, w, h', w')
+                    or (h, w, 1, h', w') (e.g. ``method.point_to_point(q,
+                    s)[0]`` for a one-shot support).
+        matches (int): how many matches to draw (the best ones).
+                    Default: 20
+        mutual (bool): keep mutual nearest neighbours only.
+                    Default: True
+        title (str, optional): figure title.
+        path: where to save the figure (PNG), if given.
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import ConnectionPatch
+
+    grid = scores.detach().float().cpu()
+    if grid.dim() == 5 and grid.shape[2] == 1:
+        grid = grid[:, :, 0]
+    if grid.dim() != 4:
+        raise ValueError(
+            "scores must be (h, w, h', w') or (h, w, 1, h', w'), got "
+            f"{tuple(scores.shape)}"
+        )
+    if not isinstance(matches, int) or matches < 1:
+        raise ValueError(f"matches must be a positive int, got {matches!r}")
+    h, w, hs, ws = grid.shape
+    flat = grid.reshape(h * w, hs * ws)
+    best_score, best = flat.max(dim=1)
+    keep = np.ones(h * w, dtype=bool)
+    if mutual:
+        back = flat.argmax(dim=0)
+        keep = (back[best] == np.arange(h * w)).numpy()
+    order = [int(c) for c in np.argsort(-best_score.numpy(), kind="stable")]
+    chosen = [c for c in order if keep[c]][:matches]
+    query, support = _image(query_image), _image(support_image)
+    fig = Figure(figsize=(8, 4.4))
+    ax_q, ax_s = fig.subplots(1, 2)
+    for ax, image, name in ((ax_q, query, "query"), (ax_s, support, "support")):
+        ax.imshow(image)
+        ax.set_title(name)
+        ax.axis("off")
+    cmap = colormaps["viridis"]
+    values = best_score[chosen] if chosen else best_score[:0]
+    low = float(values.min()) if chosen else 0.0
+    span = float(values.max()) - low if chosen else 0.0
+    (qh, qw), (sh, sw) = query.shape[:2], support.shape[:2]
+    for cell in chosen:
+        i, j = divmod(cell, w)
+        x, y = divmod(int(best[cell]), ws)
+        start = ((j + 0.5) * qw / w, (i + 0.5) * qh / h)
+        end = ((y + 0.5) * sw / ws, (x + 0.5) * sh / hs)
+        level = (float(best_score[cell]) - low) / span if span > 0 else 1.0
+        colour = cmap(level)
+        fig.add_artist(
+            ConnectionPatch(
+                xyA=start, coordsA=ax_q.transData, xyB=end, coordsB=ax_s.transData,
+                color=colour, linewidth=1.2,
+            )
+        )  # fmt: skip
+        ax_q.plot(*start, "o", color=colour, markersize=3)
+        ax_s.plot(*end, "o", color=colour, markersize=3)
+    fig.suptitle(title or f"{len(chosen)} best {'mutual ' if mutual else ''}matches")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+__all__.append("visualize_correspondences")

