@@ -446,6 +446,8 @@ def test_model_from_args_with_torchvision_drops_only_the_classifier(tmp_path, ca
 def test_model_from_args_errors(factory_file):
     with pytest.raises(CLIError, match="--layer is needed"):
         model_from_args(_parse("--model", f"{factory_file}:build"))
+    with pytest.raises(CLIError, match="--layer is empty"):
+        model_from_args(_parse("--model", f"{factory_file}:build", "--layer", ""))
     with pytest.raises(CLIError, match="unknown layer 'nope'"):
         model_from_args(_parse("--model", f"{factory_file}:build", "--layer", "nope"))
     with pytest.raises(CLIError, match="cosine only"):

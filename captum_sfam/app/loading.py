@@ -527,7 +527,7 @@ def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Modul
     Returns:
         the submodule.
     """
-    name = layer or DEFAULT_LAYERS.get(model_name)
+    name = layer if layer is not None else DEFAULT_LAYERS.get(model_name)
     children = ", ".join(n for n, _ in model.named_children())
     if name is None:
         if isinstance(getattr(model, "layer4", None), Module):
@@ -536,6 +536,8 @@ def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Modul
             raise CLIError(
                 f"--layer is needed for {model_name} (top-level modules: {children})"
             )
+    if not name.strip():
+        raise CLIError(f"--layer is empty (top-level modules: {children})")
     try:
         return model.get_submodule(name)
     except AttributeError as error:
