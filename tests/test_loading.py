@@ -481,3 +481,10 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         _parse(*argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_reexports_the_loading_names():
+    from captum_sfam.app import cli
+
+    assert cli.CLIError is CLIError and cli.model_from_args is model_from_args
+    assert cli.load_model is loading.load_model
