@@ -381,3 +381,22 @@ def test_missing_files_and_bad_checkpoints_are_one_line_errors(
         capsys, ["explain", a, b, *model, "--weights", str(tmp_path / "scripted.pt")]
     )
     assert "is a TorchScript model" in err
+    # a model that cannot take the images (here: it wants one channel)
+    (tmp_path / "grey_model.py").write_text(
+        FACTORY.replace("nn.Conv2d(3, 8", "nn.Conv2d(1, 8")
+    )
+    err = _one_line_error(
+        capsys,
+        ["explain", a, b, *model, "--model", f"{tmp_path / 'grey_model.py'}:build"],
+    )
+    assert "channels" in err
+    # anything else the model raises is one line too
+    with pytest.MonkeyPatch.context() as patch:
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory\nmore details")
+
+        patch.setattr(cli, "similarity", fail)
+        err = _one_line_error(capsys, ["explain", a, b, *model])
+    assert "the model failed on the 16 x 16 RGB images" in err
+    assert "RuntimeError: CUDA out of memory" in err

@@ -102,6 +102,12 @@ def explain(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise CLIError(lines[0]) from error
+    except RuntimeError as error:  # the model itself refuses the inputs
+        lines = str(error).strip().splitlines() or [""]
+        raise CLIError(
+            f"the model failed on the {args.size} x {args.size} RGB images "
+            f"(--size, --layer?): {type(error).__name__}: {lines[0]}"
+        ) from error
     name = REGISTRY[args.method].display_name
     print(f"{args.metric} similarity of {args.query} to the support: {sim:.6g}")
     out = Path(args.out)
