@@ -6,7 +6,10 @@ case's own; CPU: peak RSS growth, CUDA: peak allocated memory):
 1. forward-only cost: LayerSFAM.attribute against a torch.no_grad() forward of
    the same images through the network up to the explained layer (= 1.00);
    for layer4 and layer3 of a torchvision ResNet (random weights: the cost does
-   not depend on them), several batch sizes.
+   not depend on them), several batch sizes, fp32 and bf16 autocast
+   (--precisions), optionally channels_last (--channels-last); and
+   LayerSFAM.attribute_pairs of Q queries x M gallery images against the
+   no-grad forwards of the Q + M images (--pairs Q M).
 2. against peers, same inputs: LayerSFAM / LayerSimilarityGradCam
    .attribute_pairs, Captum's LayerGradCam through SimilarityTarget and
    pytorch-grad-cam's GradCAM with a cosine similarity target (its embeddings
@@ -15,6 +18,7 @@ case's own; CPU: peak RSS growth, CUDA: peak allocated memory):
 
 Usage:
     python benchmarks/bench_perf.py                # CPU defaults, ~5-8 min on 2 cores
+    python benchmarks/bench_perf.py --device cuda --gpu   # the GPU table (issue 12)
     python benchmarks/bench_perf.py --device cuda --peer-model resnet50 --peer-size 224
     python benchmarks/bench_perf.py --quick        # seconds: a smoke run
 
@@ -71,21 +75,46 @@ def _embedding(model: torch.nn.Module) -> torch.nn.Module:
     return emb.eval()
 
 
+def _precision(fn: Callable[[], Any], spec: Dict[str, Any], device: str) -> Any:
+    """``fn`` under bf16 autocast when ``spec["precision"] == "bf16"``."""
+    if spec.get("precision", "fp32") == "fp32":
+        return fn
+
+    def run() -> Any:
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            return fn()
+
+    return run
+
+
 def _case_fn(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
+    return _precision(_case(spec, device), spec, device)
+
+
+def _case(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
     from captum.attr import LayerGradCam
 
     from captum_sfam import LayerSFAM, LayerSimilarityGradCam, SimilarityTarget
 
     torch.manual_seed(0)
     model = _build(spec["model"], device)
+    memory = torch.channels_last if spec.get("channels_last") else None
+    if memory is not None:
+        model = model.to(memory_format=memory)
     size = spec["size"]
     kind = spec["kind"]
-    if kind in ("forward", "sfam"):
+
+    def batch(count: int) -> torch.Tensor:
+        x = torch.rand(count, 3, size, size, device=device)
+        return x if memory is None else x.contiguous(memory_format=memory)
+
+    if kind in ("forward", "sfam", "forward_pairs", "sfam_all_pairs"):
         layer_name = spec["layer"]
         layer = getattr(model, layer_name)
-        q = torch.rand(spec["batch"], 3, size, size, device=device)
-        s = torch.rand(spec["shots"], 3, size, size, device=device)
-        if kind == "forward":
+        pairs = kind in ("forward_pairs", "sfam_all_pairs")
+        q = batch(spec["queries"] if pairs else spec["batch"])
+        s = batch(spec["gallery"] if pairs else spec["shots"])
+        if kind in ("forward", "forward_pairs"):
             head = _up_to(model, layer_name)
 
             def run() -> Any:
@@ -94,6 +123,8 @@ def _case_fn(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
 
             return run
         sfam = LayerSFAM(model, layer, metric="cosine")
+        if pairs:
+            return lambda: sfam.attribute_pairs(q, s)
         return lambda: sfam.attribute(q, s)
 
     queries, gallery = spec["queries"], spec["gallery"]
@@ -295,6 +326,20 @@ def main() -> None:
         help="gallery sizes M for the cost-growth sweep of attribute_pairs "
         "(e.g. --growth 8 32 128); writes a PNG next to the JSON",
     )
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"]
+    )
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--pairs", type=int, nargs=2, action="append", metavar=("Q", "M"),
+        help="attribute_pairs of Q x M images against the Q + M forwards",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="issue 12's GPU table: B = 1 8 64 256, layer4 and layer3, fp32 and "
+        "bf16, pairs 64 x 2048, no peers; writes perf-cuda.json",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -308,6 +353,10 @@ def main() -> None:
         specs = json.loads(args.interleaved)
         print(json.dumps(worker_interleaved(specs, args.device, args.repeats)))
         return
+    if args.gpu:
+        args.batches, args.layers = [1, 8, 64, 256], ["layer4", "layer3"]
+        args.precisions, args.skip_peers = ["fp32", "bf16"], True
+        args.pairs = args.pairs or [[64, 2048]]
     if args.quick:
         args.model = args.peer_model = "resnet18"
         args.size, args.peer_size, args.batches = 64, 64, [2]
@@ -325,6 +374,7 @@ def main() -> None:
         },
         "args": {k: str(v) for k, v in vars(args).items() if k != "worker"},
         "forward_cost": [],
+        "pairs_cost": [],
         "peers": [],
     }
     print(
@@ -333,30 +383,61 @@ def main() -> None:
         "(no-grad forward up to the layer = 1.00x)"
     )
     print(f"{'case':34s} {'time':>13s} {'ratio':>8s} {'peak mem':>13s} {'ratio':>8s}")
-    for layer in args.layers:
-        for batch in args.batches:
+    cases = [
+        (layer, batch, precision)
+        for precision in args.precisions
+        for layer in args.layers
+        for batch in args.batches
+    ]
+    for layer, batch, precision in cases:
+        common = {
+            "model": args.model,
+            "size": args.size,
+            "layer": layer,
+            "batch": batch,
+            "shots": 1,
+            "precision": precision,
+            "channels_last": args.channels_last,
+        }
+        specs = [{**common, "kind": "forward"}, {**common, "kind": "sfam"}]
+        timed = run_case(specs, args.device, args.repeats, interleaved=True)
+        if "error" in timed:
+            print(f"{layer} B={batch}: {timed['error']}")
+            continue
+        # peak memory: each case alone in a fresh process, one call
+        base = {**run_case(specs[0], args.device, 1), **timed[0]}
+        sfam = {**run_case(specs[1], args.device, 1), **timed[1]}
+        label = f"no-grad fwd {layer} B={batch}+1 {precision}"
+        print(f"{label:34s} {_fmt(base, base)}")
+        print(f"{'LayerSFAM.attribute':34s} {_fmt(sfam, base)}")
+        report["forward_cost"].append(
+            {"layer": layer, "batch": batch, "precision": precision,
+             "forward": base, "sfam": sfam}
+        )  # fmt: skip
+    for queries, gallery in args.pairs or []:
+        for precision in args.precisions:
             common = {
-                "model": args.model,
-                "size": args.size,
-                "layer": layer,
-                "batch": batch,
-                "shots": 1,
-            }
-            specs = [{**common, "kind": "forward"}, {**common, "kind": "sfam"}]
+                "model": args.model, "size": args.size, "layer": "layer4",
+                "queries": queries, "gallery": gallery, "precision": precision,
+                "channels_last": args.channels_last,
+            }  # fmt: skip
+            specs = [
+                {**common, "kind": "forward_pairs"},
+                {**common, "kind": "sfam_all_pairs"},
+            ]
             timed = run_case(specs, args.device, args.repeats, interleaved=True)
             if "error" in timed:
-                print(f"{layer} B={batch}: {timed['error']}")
+                print(f"pairs {queries}x{gallery}: {timed['error']}")
                 continue
-            # peak memory: each case alone in a fresh process, one call
             base = {**run_case(specs[0], args.device, 1), **timed[0]}
-            sfam = {**run_case(specs[1], args.device, 1), **timed[1]}
-            print(
-                f"{'no-grad forward ' + layer + f' B={batch}+1':34s} {_fmt(base, base)}"
-            )
-            print(f"{'LayerSFAM.attribute':34s} {_fmt(sfam, base)}")
-            report["forward_cost"].append(
-                {"layer": layer, "batch": batch, "forward": base, "sfam": sfam}
-            )
+            pairs = {**run_case(specs[1], args.device, 1), **timed[1]}
+            label = f"no-grad fwd Q={queries}+M={gallery} {precision}"
+            print(f"{label:34s} {_fmt(base, base)}")
+            print(f"{'LayerSFAM.attribute_pairs':34s} {_fmt(pairs, base)}")
+            report["pairs_cost"].append(
+                {"queries": queries, "gallery": gallery, "precision": precision,
+                 "forward": base, "pairs": pairs}
+            )  # fmt: skip
     if not args.skip_peers:
         kinds = ["sfam_pairs", "simgradcam_pairs", "captum_gradcam", "pgc_gradcam"]
         names = {

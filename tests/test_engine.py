@@ -3,6 +3,8 @@ scripted models. (Model hygiene for every member: test_contract.py.)"""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from captum.attr import (
@@ -25,6 +27,7 @@ from captum_sfam import (
     channel_importance,
     minmax_normalize,
 )
+from captum_sfam.methods import REGISTRY
 
 
 def test_layer_activations_match_captum_layer_activation():
@@ -249,3 +252,34 @@ def test_pairs_argument_errors():
         sfam.attribute_pairs(q, q, chunk_size=0)
     with pytest.raises(ValueError, match="forward_batch_size"):
         sfam.attribute_pairs(q, q, forward_batch_size=0)
+
+
+# ------------------------------------------------ memory format, autocast --
+@pytest.mark.parametrize("member", list(REGISTRY.values()), ids=lambda m: m.key)
+def test_channels_last_memory_format_gives_the_same_maps(member):
+    metric = "cosine" if "cosine" in member.supported_metrics else "euclidean"
+    model = TinyCNN().eval()
+    x, s = images(2, 3, 8, 8), images(2, 3, 8, 8, seed=1)
+    plain = member.cls(model, model.features, metric=metric).attribute(x, s)
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    maps = member.cls(fast, fast.features, metric=metric).attribute(
+        x.contiguous(memory_format=cl), s.contiguous(memory_format=cl)
+    )
+    torch.testing.assert_close(maps, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("member", list(REGISTRY.values()), ids=lambda m: m.key)
+def test_bf16_autocast_maps_are_float32_and_follow_the_fp32_maps(member):
+    metric = "cosine" if "cosine" in member.supported_metrics else "euclidean"
+    model = TinyCNN(channels=16).eval()
+    x, s = images(2, 3, 16, 16), images(2, 3, 16, 16, seed=1)
+    method = member.cls(model, model.features, metric=metric)
+    plain = method.attribute(x, s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = method.attribute(x, s)
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+    a, b = maps.flatten(1), plain.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert bool((corr > 0.98).all()), corr
