@@ -410,6 +410,61 @@ def test_from_support_with_labels_follows_the_labels():
     torch.testing.assert_close(target.references, expected)
 
 
+def test_easyfsl_prototypical_network_episode():
+    """easyfsl holds a flat support with labels; its scores are -L2 distances
+    to the class prototypes in label order."""
+    methods = pytest.importorskip("easyfsl.methods")
+    torch.manual_seed(0)
+    backbone = TinyCNN().eval()
+    protonet = methods.PrototypicalNetworks(backbone).eval()
+    support = images(6, 3, 8, 8, seed=6)
+    labels = torch.tensor([1, 0, 2, 0, 1, 2])
+    query = images(3, 3, 8, 8, seed=7)
+    protonet.process_support_set(support, labels)
+    with torch.no_grad():
+        scores = protonet(query)
+    target = SimilarityTarget.from_support(
+        backbone, support, metric="euclidean", support_labels=labels
+    )
+    torch.testing.assert_close(-(-target(query)).sqrt(), scores, atol=1e-5, rtol=1e-4)
+    predicted = scores.argmax(1)
+    sfam = LayerSFAM(backbone, backbone.features, metric="euclidean")
+    maps = sfam.attribute(query, support, support_labels=labels, target=predicted)
+    grouped = torch.stack([support[labels == int(c)] for c in predicted])
+    torch.testing.assert_close(maps, sfam.attribute(query, grouped))
+
+
+def test_pytorch_metric_learning_inference_model():
+    """pml's InferenceModel.get_embeddings runs under no_grad: fine for the
+    forward-only members (buffers of its trunk protected), a named error for
+    the gradient members, which take trunk + embedder."""
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.inference import CustomKNN, InferenceModel
+
+    trunk = TinyCNN().train()  # a BatchNorm in training mode
+    embedder = nn.Linear(5, 4)
+    inference = InferenceModel(
+        trunk, embedder, knn_func=CustomKNN(CosineSimilarity()),
+        data_device=torch.device("cpu"),
+    )  # fmt: skip
+    state = {k: v.clone() for k, v in trunk.state_dict().items()}
+    x, s = images(2, 3, 8, 8), images(1, 3, 8, 8, seed=1)
+    sfam = LayerSFAM(inference.get_embeddings, trunk.features, metric="cosine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the trunk is found behind the method
+        assert torch.isfinite(sfam.attribute(x, s)).all()
+    for key, value in trunk.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(ValueError, match="without autograd"):
+        LayerCGRAM(inference.get_embeddings, trunk.features, metric="cosine").attribute(
+            x, s
+        )
+    model = nn.Sequential(trunk, embedder).eval()
+    maps = LayerCGRAM(model, trunk.features, metric="cosine").attribute(x, s)
+    assert torch.isfinite(maps).all()
+
+
 # ------------------------------------------------------------ Captum interop --
 @pytest.mark.parametrize("member", [REGISTRY["sfam"], REGISTRY["cgram"]], ids=str)
 def test_noise_tunnel_and_sensitivity_max_with_per_query_references(member):

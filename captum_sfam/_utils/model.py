@@ -45,6 +45,12 @@ def _candidates(obj: Any, depth: int = 0) -> Iterator[Module]:
     owner = getattr(obj, "__self__", None)
     if isinstance(owner, Module):
         yield owner
+    elif owner is not None and hasattr(owner, "__dict__"):
+        # a bound method of a wrapper holding modules (pytorch-metric-
+        # learning's InferenceModel(trunk, embedder), easyfsl's classifiers)
+        for value in vars(owner).values():
+            if isinstance(value, Module):
+                yield value
     if isinstance(obj, functools.partial):
         yield from _candidates(obj.func, depth + 1)
         for value in (*obj.args, *obj.keywords.values()):
