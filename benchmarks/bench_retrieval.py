@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -75,7 +74,7 @@ def one_run(args: argparse.Namespace) -> dict:
     from captum_sfam.retrieval import explain_retrieval, init_distributed
 
     context = init_distributed()
-    torch.set_num_threads(max(1, args.threads // context.world_size))
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and context.device.type == "cuda":
         device = context.device
@@ -254,7 +253,13 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (1: on a shared CPU, several threads "
+        "per process can be much slower than one)",
+    )
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--out", default="bench-retrieval-run")
     parser.add_argument("--report-json")

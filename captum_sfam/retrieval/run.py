@@ -601,6 +601,7 @@ def explain_retrieval(
         width = dist_utils.all_max(context, local[0].shape[1] if local else 0)
         sizes = [len(g_source.batch_indices(b)) for b in range(g_source.num_batches)]
         embeddings = dist_utils.gather_batches(context, local, sizes, width)
+        del local
         if context.is_main:
             save_tensors(out / EMBEDDINGS, {"embeddings": embeddings})
     gallery_table = embeddings.to(device)
