@@ -589,3 +589,62 @@ def test_decomposition_point_to_point_finds_mirror_cells_on_a_photo(lite0, cat):
     # chance on a 7 x 7 grid at one cell: 0.15; the issue measured 0.83 with
     # the dot product of position features
     assert chance == pytest.approx(0.15, abs=0.01) and pck > 0.6
+
+
+# ------------------------------------------------------------ the bench --
+
+
+def test_bench_margin_is_contrastive_deletion():
+    from captum_sfam.app.bench import margin_fn
+
+    model = TinyCNN().eval()
+    q, s, c = images(3, 16, 16), images(3, 16, 16, seed=1), images(3, 16, 16, seed=2)
+    m = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    for metric in ("cosine", "euclidean"):
+        bench_curves = deletion_insertion(margin_fn(model, s, c, metric), q, m, steps=5)
+        ours = contrastive_deletion_insertion(
+            pair_similarity_fn(model, metric), q, s, c, m, steps=5
+        )
+        for key in ("deletion_curve", "insertion_curve"):
+            torch.testing.assert_close(bench_curves[key], ours[key])
+
+
+def test_bench_rows_contrast_and_correspondence():
+    from captum_sfam.app import bench
+    from captum_sfam.methods import REGISTRY
+
+    model = TinyCNN().eval()
+    q, s, c = (
+        images(1, 3, 16, 16),
+        images(1, 3, 16, 16, seed=1),
+        images(1, 3, 16, 16, seed=2),
+    )
+    box = (0, 0, 8, 16)
+    summary = bench.evaluate(
+        model, model.features, "cosine", [(q, s, c, box, True)],
+        [(q, s, c, box, (8, 0, 16, 16))], steps=4, progress=False, label="t",
+        ig_steps=4,
+    )  # fmt: skip
+    contrast_rows = [n for n in summary if n.endswith(bench.CONTRAST)]
+    expected = [
+        m.display_name + bench.CONTRAST
+        for m in REGISTRY.values()
+        if bench.takes_contrast(m.cls)
+    ]
+    assert set(expected) <= set(contrast_rows)
+    for row in summary.values():
+        assert row["c_deletion_n"] == 1 and math.isfinite(row["c_deletion"])
+        assert row["specificity_n"] == 1
+    assert summary["RAM"]["specificity"] == pytest.approx(0.5)
+
+    photo = images(3, 32, 32, seed=3)
+    pck = bench.correspondence_setting(model, model.features, [photo])
+    assert list(pck)[-1] == "chance" and len(pck) > 1
+    kp = flip_pair(photo)
+    grid = LayerDecomposition(model, model.features).point_to_point(kp.query, kp.query)
+    cells = true_cells(kp, grid.shape[1:3], grid.shape[-2:])[None]
+    assert pck["chance"]["flip"] == pytest.approx(
+        correspondence_pck(torch.zeros_like(grid), cells)
+    )
+    for row in pck.values():
+        assert 0.0 <= row["pck"] <= 1.0 and row["pck_n"] == 3
