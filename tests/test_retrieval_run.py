@@ -76,6 +76,40 @@ def test_exact_top_k_equals_a_full_sort(metric, chunk):
         assert indices[2, :2].tolist() == [5, 17]
 
 
+class RecordingTable:
+    """A gallery embedding table that records how many rows each read takes."""
+
+    def __init__(self, table):
+        self.table, self.shape, self.device, self.reads = (
+            table,
+            table.shape,
+            table.device,
+            [],
+        )
+
+    def dim(self):
+        return self.table.dim()
+
+    def __getitem__(self, key):
+        rows = self.table[key]
+        self.reads.append(rows.shape[0])
+        return rows
+
+
+def test_exact_top_k_scores_the_gallery_in_chunks():
+    gen = torch.Generator().manual_seed(2)
+    queries, gallery = (
+        torch.randn(4, 3, generator=gen),
+        torch.randn(50, 3, generator=gen),
+    )
+    table = RecordingTable(gallery)
+    values, indices = exact_top_k(queries, table, 3, "cosine", chunk_size=8)
+    # 7 chunks of at most 8 rows, then the 4 x 3 chosen rows: never all 50
+    assert table.reads == [8] * 6 + [2] + [12]
+    expected = similarity_matrix(queries, gallery, "cosine").topk(3, dim=1)
+    assert torch.equal(indices, expected.indices)
+
+
 def test_exact_top_k_rejects_k_larger_than_the_gallery():
     with pytest.raises(ValueError, match="k must be in"):
         exact_top_k(torch.randn(2, 3), torch.randn(4, 3), 5)
@@ -261,8 +295,12 @@ def test_contrast_maps_are_rank_one_against_rank_two(model, tmp_path):
     queries, gallery = images(3, 7), images(8, 8)
     run = explain_retrieval(
         model, model.features, queries, gallery, tmp_path, "sfam", k=2,
-        batch_size=2, contrast=True, report=False,
+        batch_size=2, contrast=True, report=True,
     )  # fmt: skip
+    page = _Page()
+    page.feed(run.report.read_text())
+    contrast = [a for _, a in page.images if a["class"] == "contrast-map"]
+    assert len(contrast) == 3 and all((tmp_path / a["src"]).is_file() for a in contrast)
     sfam = LayerSFAM(model, model.features, metric="cosine")
     for record in run.records():
         maps = run.maps(record)
