@@ -7,7 +7,6 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch.nn.functional as F
-
 from torch import Tensor
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import warnings
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -48,9 +49,11 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float32
 
 
-#: the data checks of the call in progress: (a 0-d value that must be finite, message)
-_DEFERRED: contextvars.ContextVar[Optional[List[Tuple[Tensor, str]]]] = (
-    contextvars.ContextVar("captum_sfam_deferred_checks", default=None)
+#: the data checks of the call in progress: (a 0-d float value that must be
+#: finite or a 0-d bool flag that must be false, message, warn instead of raise)
+Pending = List[Tuple[Tensor, str, bool]]
+_DEFERRED: contextvars.ContextVar[Optional[Pending]] = contextvars.ContextVar(
+    "captum_sfam_deferred_checks", default=None
 )
 
 
@@ -64,14 +67,29 @@ def _require_finite(value: Tensor, message: str) -> None:
     """
     pending = _DEFERRED.get()
     if pending is not None:
-        pending.append((value, message))
+        pending.append((value, message, False))
     elif not bool(torch.isfinite(value)):
         raise ValueError(message)
 
 
 def require(failed: Tensor, message: str) -> None:
-    """``ValueError(message)`` if the bool tensor ``failed`` (0-d) is true."""
-    _require_finite(torch.where(failed, math.inf, 0.0), message)
+    """``ValueError(message)`` if the bool tensor ``failed`` (0-d) is true
+    (maybe later: see :func:`_require_finite`)."""
+    pending = _DEFERRED.get()
+    if pending is not None:
+        pending.append((failed, message, False))
+    elif bool(failed):
+        raise ValueError(message)
+
+
+def warn_if(flag: Tensor, message: str) -> None:
+    """``UserWarning(message)`` if the bool tensor ``flag`` (0-d) is true,
+    read with the other deferred checks (no synchronisation of its own)."""
+    pending = _DEFERRED.get()
+    if pending is not None:
+        pending.append((flag, message, True))
+    elif bool(flag):
+        warnings.warn(message, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -85,7 +103,7 @@ def deferred_checks() -> Iterator[None]:
     if _DEFERRED.get() is not None:  # nested: the outer block reads the values
         yield
         return
-    pending: List[Tuple[Tensor, str]] = []
+    pending: Pending = []
     token = _DEFERRED.set(pending)
     try:
         yield
@@ -97,14 +115,33 @@ def deferred_checks() -> Iterator[None]:
     _raise_first(pending)
 
 
-def _raise_first(pending: List[Tuple[Tensor, str]]) -> None:
+def _raise_first(pending: Pending) -> None:
+    """Read every pending check at once: float values must be finite, bool
+    flags false. A handful of ops and one host synchronisation, however many
+    checks the call made; failed checks raise (the first one) or warn."""
     if not pending:
         return
-    values = torch.stack([v.reshape(()).to(torch.float64) for v, _ in pending])
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):  # the one host synchronisation
-        first = int((~finite).to(torch.uint8).argmax())
-        raise ValueError(pending[first][1])
+    order = [i for i, (v, _, _) in enumerate(pending) if v.is_floating_point()]
+    flags = [i for i, (v, _, _) in enumerate(pending) if not v.is_floating_point()]
+    parts = []
+    if order:
+        values = torch.stack([_scalar(pending[i][0]) for i in order])
+        parts.append(~torch.isfinite(values))
+    if flags:
+        parts.append(torch.stack([_scalar(pending[i][0]).bool() for i in flags]))
+    bad = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if not bool(bad.any()):  # the one host synchronisation
+        return
+    failed = sorted((order + flags)[j] for j in bad.nonzero().flatten().tolist())
+    for i in failed:
+        if not pending[i][2]:
+            raise ValueError(pending[i][1])
+    for i in failed:
+        warnings.warn(pending[i][1], stacklevel=4)
+
+
+def _scalar(value: Tensor) -> Tensor:
+    return value if value.dim() == 0 else value.reshape(())
 
 
 def check_finite(tensor: Tensor, name: str, message: Optional[str] = None) -> None:

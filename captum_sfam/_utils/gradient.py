@@ -22,7 +22,7 @@ from torch.nn import Module
 from ..similarity import MetricFunc
 from .attribution import PairAttribution
 from .capture import gradient_pass, runs_in_eval_mode
-from .checks import PoolingType, require
+from .checks import PoolingType, warn_if
 from .features import LayerSpec, PairFeatures, ReshapeTransform, pair_features, to_grid
 from .formatting import References, TensorOrTuple, format_support
 from .maps import spatial_mean
@@ -180,22 +180,22 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
         dtype = features.output_dtype
         query_grad, support_grad = query_grad.to(dtype), support_grad.to(dtype)
         # an embedding that does not depend on the layer's positions (e.g. the
-        # class token of a ViT at its last block) has an exactly zero gradient
-        # an embedding that does not depend on the layer's positions (e.g. the
-        # class token of a ViT at its last block) has an exactly zero gradient
-        # there while the score moves with the embedding
+        # class token of a ViT at its last block, or every unit after the layer
+        # inactive for this image) has an exactly zero gradient there while
+        # the score moves with the embedding: the map is all zero, say why
         emb_grad = torch.cat(emb_grads)[: sizes[0]]
-        require(
+        warn_if(
             (
                 (query_grad.flatten(1) == 0).all(dim=1) & (emb_grad != 0).any(dim=1)
             ).any(),
-            f"{type(self).__name__}: the embedding does not depend on layer: its "
-            "gradient there is exactly zero for a query whose score does depend "
-            "on the embedding, so the map would be all zero. A vision transformer "
-            "whose embedding is the class token does not use its last block's "
-            "patch tokens: explain an earlier block (e.g. blocks[-2]), pass "
-            "attribute_to_layer_input=True, or use a forward-only member "
-            "(LayerSFAM)",
+            f"{type(self).__name__}: the map is all zero for a query, because the "
+            "embedding does not depend on layer there (its gradient at layer is "
+            "exactly zero while the score depends on the embedding). A vision "
+            "transformer whose embedding is the class token does not use its last "
+            "block's patch tokens; a ReLU network may have every unit after the "
+            "layer inactive for this image. Explain an earlier block (e.g. "
+            "blocks[-2]), pass attribute_to_layer_input=True, or use a "
+            "forward-only member (LayerSFAM)",
         )
         features.query_gradients = query_grad
         features.support_gradients = support_grad.reshape(

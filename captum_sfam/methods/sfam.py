@@ -16,6 +16,9 @@ PARALLEL_TOL = 1e-12
 #: contrastive scores whose largest difference, times N - 1, is below this
 #: tell the support from the contrast nowhere: zero weights
 CONTRAST_TOL = 1e-12
+#: the smallest positive float64: a safe denominator for quantities that are
+#: zero only where their quotient is not used
+TINY = torch.finfo(torch.float64).tiny
 
 
 def _unit(v: Tensor, name: str) -> Tensor:
@@ -97,24 +100,32 @@ def channel_importance(
             f"channel_importance needs at least 2 channels, got N = {channels}: "
             "Eq. 2 divides by N - 1"
         )
-    out_dtype = compute_dtype(q, s)
+    return _importance(q, s, metric).to(compute_dtype(q, s))
+
+
+def _importance(q: Tensor, s: Tensor, metric: str) -> Tensor:
+    """Eq. 2 / 5 on checked, broadcast vectors with N >= 2; float64 out.
+
+    float64 costs nothing measurable here: the weight maths is O(B N) on
+    pooled vectors, against O(B N h w) for the maps and the network's
+    forward; on a GPU its cost is the number of kernels, not their width.
+    """
+    channels = q.shape[-1]
     q, s = q.double(), s.double()
     if metric == "cosine":
         q, s = _unit(q, "query_vectors"), _unit(s, "support_vectors")
     r = (q - s).abs()
-    if metric == "cosine":
-        # Normalising parallel vectors leaves rounding noise (~1e-16) that Eq. 5
-        # would amplify into arbitrary scores: treat it as D = 0.
-        r = torch.where(r.amax(dim=-1, keepdim=True) <= PARALLEL_TOL, 0.0, r)
     # Rescale by the largest difference: omega is invariant to it, and squares
-    # can no longer overflow.
+    # can no longer overflow. Normalising parallel vectors leaves rounding
+    # noise (~1e-16) that Eq. 5 would amplify into arbitrary scores: below
+    # PARALLEL_TOL the vectors count as equal (D = 0).
     largest = r.amax(dim=-1, keepdim=True)
-    d = (r / torch.where(largest > 0, largest, torch.ones_like(largest))) ** 2
-    total = d.sum(dim=-1, keepdim=True)
-    safe_total = torch.where(total > 0, total, torch.ones_like(total))
-    omega = (total - d) / ((channels - 1) * safe_total)  # Eq. 2
-    omega = torch.where(total > 0, omega, torch.full_like(omega, 1.0 / channels))
-    return omega.clamp(0.0, 1.0 / (channels - 1)).to(out_dtype)
+    distinct = largest > (PARALLEL_TOL if metric == "cosine" else 0.0)
+    d = (r / largest.clamp_min(TINY)) ** 2
+    total = d.sum(dim=-1, keepdim=True)  # >= 1 where distinct
+    omega = (total - d) / ((channels - 1) * total.clamp_min(TINY))  # Eq. 2
+    omega = torch.where(distinct, omega, 1.0 / channels)  # D = 0: all equal
+    return omega.clamp(0.0, 1.0 / (channels - 1))
 
 
 def minmax_normalize(weights: Tensor) -> Tensor:
@@ -135,16 +146,17 @@ def minmax_normalize(weights: Tensor) -> Tensor:
     Returns:
         *Tensor* of the same shape, float32 (float64 for float64 input).
     """
-    w = check_vectors(weights, "weights")
-    out_dtype = compute_dtype(w)
-    w = w.double()
-    scale = w.abs().amax(dim=-1, keepdim=True)
-    w = w / torch.where(scale > 0, scale, torch.ones_like(scale))
+    w = check_vectors(weights, "weights").double()
+    scale = w.abs().amax(dim=-1, keepdim=True)  # any finite input, no overflow
+    return _minmax(w / scale.clamp_min(TINY)).to(compute_dtype(weights))
+
+
+def _minmax(w: Tensor) -> Tensor:
+    """Eq. 4 on finite float64 scores of moderate size (Eq. 2's lie in
+    [0, 1/(N-1)]); a constant input gives all ones."""
     low = w.amin(dim=-1, keepdim=True)
     span = w.amax(dim=-1, keepdim=True) - low
-    safe_span = torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(span > 0, (w - low) / safe_span, torch.ones_like(w))
-    return out.to(out_dtype)
+    return torch.where(span > 0, (w - low) / span.clamp_min(TINY), 1.0)
 
 
 def weight_spread(
@@ -194,9 +206,13 @@ def sfam_weights(
     """
     support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
     if contrast_shots is None:
-        weights = minmax_normalize(  # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine)
-            channel_importance(query_vectors, support_vectors, metric)
-        )
+        if query_vectors.shape[-1] < 2:
+            channel_importance(query_vectors, support_vectors, metric)  # raises
+        # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine); the engine checked the
+        # vectors (finite, shapes), so the checked public functions are skipped
+        dtype = compute_dtype(query_vectors, shot_vectors)
+        weights = _minmax(_importance(query_vectors, support_vectors, metric))
+        weights = weights.to(dtype)
         return weights, weights.unsqueeze(-2)
     dtype = compute_dtype(query_vectors, shot_vectors, contrast_shots)
     query, contrast = query_vectors.double(), contrast_shots.double().mean(dim=-2)
