@@ -400,3 +400,85 @@ def test_missing_files_and_bad_checkpoints_are_one_line_errors(
         err = _one_line_error(capsys, ["explain", a, b, *model])
     assert "the model failed on the 16 x 16 RGB images" in err
     assert "RuntimeError: CUDA out of memory" in err
+
+
+TRANSFORMERS = """
+import timm
+import torch
+
+
+def vit():
+    torch.manual_seed(0)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+        num_classes=0, reg_tokens=4,
+    ).eval()
+
+
+def swin():
+    torch.manual_seed(0)
+    return timm.models.swin_transformer.SwinTransformer(
+        img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+        num_heads=(1, 1), num_classes=0,
+    ).eval()
+
+
+class Dict(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = swin()
+
+    def forward(self, x):
+        return {"embedding": self.net(x)}
+"""
+
+
+@pytest.mark.parametrize(
+    "factory_name, layer, extra",
+    [
+        ("vit", "blocks.2", []),  # tokens, 1 class + 4 register tokens: read
+        ("vit", "blocks.1", ["--method", "cgram"]),
+        ("swin", "layers.1", []),  # channels-last: detected
+        ("swin", "layers.1", ["--layout", "channels_last"]),
+        ("Dict", "net.layers.1", ["--method", "cgram", "--embedding-key", "embedding"]),
+        ("Dict", "net.layers.1", ["--embedding-key", "embedding"]),
+    ],
+)
+def test_explain_vits_and_channels_last_layers(
+    small_images, tmp_path, capsys, factory_name, layer, extra
+):
+    pytest.importorskip("timm")
+    path = tmp_path / "transformers_factory.py"
+    path.write_text(TRANSFORMERS)
+    out = tmp_path / "fig.png"
+    argv = ["explain", str(small_images["a"]), str(small_images["b"])]
+    argv += ["--model", f"{path}:{factory_name}", "--layer", layer, "--size", "32"]
+    argv += ["--metric", "cosine", "--out", str(out), *extra]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no all-zero map, no classifier head
+        code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert out.stat().st_size > 1000
+
+
+def test_layout_options_errors(small_images, tmp_path, capsys):
+    pytest.importorskip("timm")
+    path = tmp_path / "transformers_factory.py"
+    path.write_text(TRANSFORMERS)
+    argv = ["explain", str(small_images["a"]), str(small_images["b"])]
+    argv += ["--model", f"{path}:vit", "--size", "32", "--out", str(tmp_path / "f.png")]
+    err = _one_line_error(
+        capsys, [*argv, "--layer", "blocks.2", "--prefix-tokens", "0"]
+    )
+    assert "num_prefix_tokens" in err
+    err = _one_line_error(
+        capsys, [*argv, "--layer", "blocks.2", "--prefix-tokens", "-1"]
+    )
+    assert "--prefix-tokens" in err
+    err = _one_line_error(
+        capsys, [*argv, "--layer", "blocks.2", "--embedding-key", "embedding"]
+    )
+    assert "embedding_func" in err  # the model returns a tensor: no such key
+    err = _one_line_error(capsys, [*argv, "--layer", "blocks.2", "--layout", "nhwc"])
+    assert "--layout" in err

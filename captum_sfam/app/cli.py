@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -32,6 +32,7 @@ from .loading import (
     CLIError,
     add_model_arguments,
     build_method,
+    embedding_key,
     load_model,
     model_from_args,
     resolve_layer,
@@ -75,12 +76,16 @@ def figure_path(value: str) -> Path:
     return path
 
 
-def similarity(model: Module, query: Tensor, support: Tensor, metric: str) -> float:
-    return float(
-        paired_similarity(
-            embed(model, query), prototypes(model, support[None]), metric
-        )[0]
-    )
+def similarity(
+    model: Module,
+    query: Tensor,
+    support: Tensor,
+    metric: str,
+    embedding_func: Union[None, str, int] = None,
+) -> float:
+    query_emb = embed(model, query, embedding_func=embedding_func)
+    support_emb = prototypes(model, support[None], embedding_func=embedding_func)
+    return float(paired_similarity(query_emb, support_emb, metric)[0])
 
 
 # ------------------------------------------------------------ commands -----
@@ -98,7 +103,7 @@ def explain(args: argparse.Namespace) -> int:
         q_map, s_maps = loaded.method.attribute(
             query, support, return_support_attributions=True
         )
-        sim = similarity(loaded.model, query, support, args.metric)
+        sim = similarity(loaded.model, query, support, args.metric, embedding_key(args))
     except (ValueError, TypeError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise CLIError(lines[0]) from error

@@ -207,9 +207,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--std", type=_positive_floats, help="normalisation std, 3 numbers"
     )
-    # Layer layout options (ViT tokens, channels-last layers: --layout,
-    # --prefix-tokens) go here; model_from_args passes them to the method
-    # through _layout_kwargs.
+    group.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "channels_first", "channels_last", "tokens"],
+        help="layout of the layer's activations (default: detected: ViT tokens "
+        "laid on the patch grid, channels-last Swin layers recognised)",
+    )
+    group.add_argument(
+        "--prefix-tokens",
+        type=_non_negative_int,
+        default=None,
+        help="class/register tokens before a ViT's patch tokens (default: read "
+        "from the model)",
+    )
+    group.add_argument(
+        "--embedding-key",
+        default=None,
+        help="for models returning a dict, tuple or ModelOutput: the key (or "
+        "index) of the embedding (the printed similarity, cgram and gradfam)",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 # ------------------------------------------------------------ models -------
@@ -546,12 +573,26 @@ def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Modul
         ) from error
 
 
-def _layout_kwargs(args: argparse.Namespace, model: Module, layer: Module) -> dict:
-    """Keyword arguments describing the layer's layout (tokens, channels-last).
+def embedding_key(args: argparse.Namespace) -> Union[None, str, int]:
+    """``--embedding-key`` as an ``embedding_func``: an int index or a key."""
+    key = getattr(args, "embedding_key", None)
+    if key is None:
+        return None
+    return int(key) if key.lstrip("-").isdigit() else key
 
-    The place for ``--layout`` / ``--prefix-tokens``: nothing yet.
-    """
-    return {}
+
+def _layout_kwargs(args: argparse.Namespace, model: Module, layer: Module) -> dict:
+    """Keyword arguments describing the layer's layout (tokens, channels-last)
+    and, for the gradient members, where the embedding is in the output."""
+    kwargs: Dict[str, Any] = {
+        "layout": getattr(args, "layout", "auto"),
+        "num_prefix_tokens": getattr(args, "prefix_tokens", None),
+    }
+    key = embedding_key(args)
+    if key is not None and args.method in REGISTRY:
+        if not REGISTRY[args.method].forward_only:
+            kwargs["embedding_func"] = key
+    return kwargs
 
 
 def build_method(
