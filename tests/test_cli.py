@@ -482,3 +482,17 @@ def test_layout_options_errors(small_images, tmp_path, capsys):
     assert "embedding_func" in err  # the model returns a tensor: no such key
     err = _one_line_error(capsys, [*argv, "--layer", "blocks.2", "--layout", "nhwc"])
     assert "--layout" in err
+
+
+def test_demo_load_image_reads_16_bit_pngs(tmp_path):
+    from captum_sfam.demo.pretrained import load_image
+
+    y, x = np.mgrid[0:24, 0:24]
+    eight = ((x + y) * 5).astype(np.uint8)
+    Image.fromarray(eight).save(tmp_path / "8.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    a, b = load_image(tmp_path / "8.png", 16), load_image(tmp_path / "16.png", 16)
+    assert a.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")

@@ -98,19 +98,23 @@ def to_display(x: Tensor) -> np.ndarray:
 
 
 def load_image(path: Union[str, Path], size: int = INPUT_SIZE) -> Tensor:
-    """Reads an image file (any format Pillow reads) into a model input."""
-    _require("PIL", "pillow")
-    from PIL import Image, UnidentifiedImageError
+    """Reads an image file into a (1, 3, size, size) model input in [-1, 1].
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+    The file is read by the command line's reader
+    (:func:`captum_sfam.app.loading.load_image`: 8- and 16-bit, palette, CMYK,
+    grey, alpha composited on white, EXIF orientation), so a 16-bit PNG is
+    not read as white.
+    """
+    from ..app.loading import CLIError
+    from ..app.loading import load_image as read_image
+
     try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
-    return preprocess(array, size)
+        x = read_image(path, size)
+    except CLIError as error:
+        if not Path(path).is_file():
+            raise FileNotFoundError(str(error)) from error
+        raise ValueError(str(error)) from error
+    return ((x - 0.5) / 0.5).unsqueeze(0)
 
 
 def second_view(image: np.ndarray) -> np.ndarray:
