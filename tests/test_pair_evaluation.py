@@ -648,3 +648,24 @@ def test_bench_rows_contrast_and_correspondence():
     )
     for row in pck.values():
         assert 0.0 <= row["pck"] <= 1.0 and row["pck_n"] == 3
+
+
+def test_readme_pck_example_runs():
+    import re
+    from pathlib import Path
+
+    from captum_sfam import LayerSFAM
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    snippet = next(
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+        if "correspondence_pck(" in b
+    )
+    model = TinyCNN().eval()
+    scope = {
+        "image": images(3, 32, 32),
+        "sfam": LayerSFAM(model, model.features, metric="cosine"),
+    }
+    exec(snippet, scope)
+    assert scope["cells"].shape == (16, 16, 2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +289,18 @@ def test_quantus_random_logit_separates_pair_specific_maps(colour_model):
     assert all(np.isfinite(s).all() for s in scores.values())
     np.testing.assert_allclose(scores["ram"], 1.0, atol=1e-6)
     assert scores["simgradcam"].mean() < 0.99 and scores["sfam"].mean() < 0.99
+
+
+def readme_snippet(word: str) -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if word in b
+    )
+
+
+def test_readme_quantus_example_runs():
+    scope: dict = {}
+    exec(readme_snippet("SupportSimilarityModel("), scope)
+    scores = np.asarray(scope["scores"])
+    # FaithfulnessCorrelation aggregates by default: one mean over the queries
+    assert scores.shape == (1,) and np.isfinite(scores).all()
