@@ -120,6 +120,34 @@ def _forward_error(
     return ValueError(f"{argument}: forward_func cannot run on it: {error}")
 
 
+NOT_CALLED = (
+    "layer was not called by forward_func: pass a submodule that the model's "
+    "forward uses"
+)
+
+
+@contextlib.contextmanager
+def _hooked(
+    layer: Module,
+    hook: Callable[..., Any],
+    to_input: bool,
+    forward_func: Callable[..., Any],
+    argument: str,
+) -> Iterator[None]:
+    """``hook`` on ``layer`` (a pre-hook for its input) for the block, removed
+    at its end; a model error in the block is reported naming ``argument``."""
+    if to_input:
+        handle = layer.register_forward_pre_hook(hook)
+    else:
+        handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    except (RuntimeError, TypeError) as error:
+        raise _forward_error(error, forward_func, argument) from error
+    finally:
+        handle.remove()
+
+
 def capture_activations(
     forward_func: Callable[..., Any],
     layer: Module,
@@ -160,25 +188,15 @@ def capture_activations(
             store.append(tuple(v.detach() for v in value if isinstance(v, Tensor)))
             raise _StopForward
 
-        if attribute_to_layer_input:
-            handle = layer.register_forward_pre_hook(hook)
-        else:
-            handle = layer.register_forward_hook(hook)
         args = format_additional_forward_args(additional_forward_args) or ()
         try:
-            with torch.no_grad():
-                forward_func(*inputs, *args)
+            with _hooked(layer, hook, attribute_to_layer_input, forward_func, argument):
+                with torch.no_grad():
+                    forward_func(*inputs, *args)
         except _StopForward:
             pass
-        except (RuntimeError, TypeError) as error:
-            raise _forward_error(error, forward_func, argument) from error
-        finally:
-            handle.remove()
     if not store:
-        raise ValueError(
-            "layer was not called by forward_func: pass a submodule that the "
-            "model's forward uses"
-        )
+        raise ValueError(NOT_CALLED)
     return store[0]
 
 
@@ -260,23 +278,12 @@ def gradient_pass(
             store: Dict[torch.device, Tuple[Tensor, ...]] = {}
 
             hook = _first_call_hook(store, attribute_to_layer_input)
-            if attribute_to_layer_input:
-                handle = layer.register_forward_pre_hook(hook)
-            else:
-                handle = layer.register_forward_hook(hook)
             # inference tensors (made under inference_mode) cannot enter a graph
             batch = tuple(t.clone() if t.is_inference() else t for t in batch)
-            try:
+            with _hooked(layer, hook, attribute_to_layer_input, forward_func, argument):
                 output = forward_func(*batch, *args)
-            except (RuntimeError, TypeError) as error:
-                raise _forward_error(error, forward_func, argument) from error
-            finally:
-                handle.remove()
             if not store:
-                raise ValueError(
-                    "layer was not called by forward_func: pass a submodule that "
-                    "the model's forward uses"
-                )
+                raise ValueError(NOT_CALLED)
             embedding = select_embedding(output, embedding_func)
             if not embedding.requires_grad:
                 raise ValueError(
