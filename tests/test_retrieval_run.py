@@ -394,3 +394,21 @@ def test_cli_retrieve_on_real_photo_folders(tmp_path, capsys):
     argv[1] = str(tmp_path / "empty")
     assert cli.main(argv) == 2
     assert "no images in" in capsys.readouterr().err
+
+
+def test_image_files_take_labels_from_top_level_folders(tmp_path):
+    from captum_sfam.retrieval import ImageFiles
+
+    for name in ("b/x/1.png", "a/2.jpg", "a/3.png"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(path)
+    data = ImageFiles.from_folder(tmp_path, lambda p: torch.zeros(1, 3, 2, 2))
+    assert [p.relative_to(tmp_path).as_posix() for p in data.paths] == [
+        "a/2.jpg", "a/3.png", "b/x/1.png",
+    ]  # fmt: skip
+    assert data.labels == ["a", "a", "b"] and data[0].shape == (3, 2, 2)
+    Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")  # not in a folder
+    assert (
+        ImageFiles.from_folder(tmp_path, lambda p: torch.zeros(3, 2, 2)).labels is None
+    )
