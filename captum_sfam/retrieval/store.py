@@ -91,15 +91,21 @@ def read_lines(path: Path) -> List[Dict[str, Any]]:
 def save_tensors(
     path: Path, tensors: Dict[str, Tensor], metadata: Optional[Dict[str, str]] = None
 ) -> None:
-    """Write named tensors as a safetensors file, atomically."""
+    """Write named tensors as a safetensors file, atomically (a temporary file
+    renamed; written straight to disk, with no in-memory copy of the file)."""
     _require("safetensors", "safetensors")
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
-    data = save(
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(
         {name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+        str(tmp),
         metadata=metadata,
     )
-    _atomic_write_bytes(path, data)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def load_tensor(path: Path, name: str) -> Tensor:
