@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 
-from captum_sfam import LayerCGRAM, LayerSFAM
+from captum_sfam import LayerCGRAM, LayerRAM, LayerSFAM
+from captum_sfam.methods import REGISTRY
 from captum_sfam.metrics import recall_at_k
 from captum_sfam.retrieval import (
     MAP_DTYPE,
@@ -287,10 +288,23 @@ def test_arguments_are_checked(model, tmp_path):
         )
 
 
-@pytest.mark.skipif(
-    not supports_contrast(LayerSFAM),
-    reason="the family has no contrast= argument in this version",
-)
+@pytest.mark.parametrize("member", ["ram", "gradfam"])
+def test_contrast_refused_by_members_whose_maps_ignore_the_support(
+    model, tmp_path, member
+):
+    """RAM "self" (the registry's default) and Grad-FAM would give all-zero or
+    unchanged contrast maps: the run refuses before any work."""
+    assert not supports_contrast(REGISTRY[member].cls(model, model.features))
+    with pytest.raises(ValueError, match="no contrastive map"):
+        explain_retrieval(
+            model, model.features, images(2, 7), images(4, 8), tmp_path, member,
+            k=2, contrast=True,
+        )  # fmt: skip
+    assert not list(tmp_path.iterdir())
+    ram_other = LayerRAM(model, model.features, weighting="other")
+    assert supports_contrast(ram_other) and supports_contrast(LayerSFAM)
+
+
 def test_contrast_maps_are_rank_one_against_rank_two(model, tmp_path):
     queries, gallery = images(3, 7), images(8, 8)
     run = explain_retrieval(

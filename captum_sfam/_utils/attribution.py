@@ -141,6 +141,9 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
     supported_poolings: Optional[Tuple[str, ...]] = None
     #: False for members whose weights need gradients (no ``attribute_pairs``)
     forward_only: bool = True
+    #: False for members (or settings) whose maps do not depend on the
+    #: support: ``contrast=`` is then refused rather than giving zero maps
+    supports_contrast: bool = True
 
     def __init__(
         self,
@@ -245,6 +248,18 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         self._patch_size = patch_size(model)
         self._channels = channel_count(layer, model)
 
+    def _check_contrast(self, contrast: Optional[TensorOrTuple]) -> None:
+        """Refuse ``contrast=`` where it would give an all-zero (or unchanged) map."""
+        if contrast is not None and not self.supports_contrast:
+            raise ValueError(
+                f"{type(self).__name__}{self._contrast_hint()} has no contrastive "
+                "map: its maps do not depend on the support, so contrast would "
+                "give all-zero or unchanged maps"
+            )
+
+    def _contrast_hint(self) -> str:
+        return ""
+
     # -- what a member implements -------------------------------------------
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
         """Query weights (..., N) and shot weights (..., K or 1, N)."""
@@ -331,6 +346,7 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         rule reads it as ``PooledPair.contrast_shots``. (Gradient members
         override this hook and build their contrast from the pair score.)
         """
+        self._check_contrast(contrast)
         flat, groups, shots = format_support(inputs, support)
         cflat, cgroups, cshots = None, 1, 1
         if contrast is not None:
@@ -554,6 +570,7 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         flat, items, shots = format_gallery(formatted, gallery)
         first = gallery[0] if isinstance(gallery, tuple) else gallery
         per_item_shots = first.dim() > formatted[0].dim()
+        self._check_contrast(contrast)
         cflat, cgroups, cshots = None, 1, 1
         if contrast is not None:
             cflat, cgroups, cshots = format_support(formatted, contrast, "contrast")

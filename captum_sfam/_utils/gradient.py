@@ -52,8 +52,6 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
     """
 
     forward_only = False
-    #: False for members whose score has no pair term (no contrastive map)
-    supports_contrast = True
 
     def __init__(
         self,
@@ -127,12 +125,8 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
             flat, groups, shots = format_support(inputs, support)
             flat = _per_query(flat, groups, batch)
         parts = [inputs, flat]
+        self._check_contrast(contrast)
         if contrast is not None:
-            if not self.supports_contrast:
-                raise ValueError(
-                    f"{type(self).__name__} has no contrastive map: its score has "
-                    "no pair term, so contrast would not change the maps"
-                )
             cflat, cgroups, cshots = format_support(inputs, contrast, "contrast")
             parts.append(_per_query(cflat, cgroups, batch))
         sizes = [p[0].shape[0] for p in parts]

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import time
 from pathlib import Path
@@ -54,8 +53,9 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor
 from torch.nn import Module
 
+from .._utils.correspondence import READINGS
 from ..demo.pretrained import _require
-from ..methods import REGISTRY
+from ..methods import REGISTRY, PairAttribution, supports_contrast
 from ..metrics import (
     box_from_map,
     box_iou,
@@ -141,21 +141,12 @@ def explainers(
     return out
 
 
-def takes_contrast(cls: type) -> bool:
-    """Whether a family member explains a support against a contrast."""
-    return "contrast" in inspect.signature(cls.attribute).parameters and bool(
-        getattr(cls, "supports_contrast", True)
-    )
-
-
 def contrast_explainers(
     model: Module, layer: Module, metric: str
 ) -> Dict[str, ContrastExplainer]:
     """Every method with a contrastive map as ``f(query, support, contrast)``."""
 
-    def family(cls: type) -> ContrastExplainer:
-        method = cls(model, layer, metric=metric)
-
+    def family(method: PairAttribution) -> ContrastExplainer:
         def run(query: Tensor, support: Tensor, contrast: Tensor) -> Tensor:
             attr = method.attribute(query, support, contrast=contrast)
             up = LayerAttribution.interpolate(attr, query.shape[-2:], "bilinear")
@@ -171,16 +162,17 @@ def contrast_explainers(
         up = LayerAttribution.interpolate(attr.detach(), query.shape[-2:], "bilinear")
         return up[0, 0]
 
-    out = {
-        member.display_name + CONTRAST: family(member.cls)
+    members = {
+        member.display_name: member.cls(model, layer, metric=metric)
         for member in REGISTRY.values()
-        if metric in member.supported_metrics and takes_contrast(member.cls)
+        if metric in member.supported_metrics
+    }  # default settings: RAM "self" and Grad-FAM have no contrastive map
+    out = {
+        name + CONTRAST: family(method)
+        for name, method in members.items()
+        if supports_contrast(method)
     }
-    if (
-        "contrast_support"
-        in inspect.signature(SimilarityTarget.from_support).parameters
-    ):
-        out["Captum LayerGradCam" + CONTRAST] = gradcam
+    out["Captum LayerGradCam" + CONTRAST] = gradcam
     return out
 
 
@@ -305,11 +297,6 @@ def correspondence_setting(
     r"""(d) PCK at one cell of every forward-only member's ``point_to_point``,
     in each reading it offers, on each photo paired with its mirrored, cropped
     and rescaled copy; a "chance" row scores constant maps."""
-    try:  # the readings point_to_point offers
-        from .._utils.correspondence import READINGS
-    except ImportError:  # pragma: no cover - older engines: the default only
-        READINGS = ()
-
     pairs = [known_geometry_pair(photo, t) for photo in photos for t in TRANSFORMS]
     rows: Dict[str, Dict[str, List[float]]] = {}
 
@@ -322,17 +309,12 @@ def correspondence_setting(
         if not member.forward_only or "cosine" not in member.supported_metrics:
             continue
         method = member.cls(model, layer, metric="cosine")
-        if not hasattr(method, "point_to_point"):
-            continue
-        takes_reading = "reading" in inspect.signature(method.point_to_point).parameters
-        default = getattr(method, "correspondence_reading", None)
-        for reading in READINGS if takes_reading and READINGS else (None,):
+        default = method.correspondence_reading
+        for reading in READINGS:
             name = member.display_name
-            if reading is not None:
-                name += f" ({reading}{', default' if reading == default else ''})"
+            name += f" ({reading}{', default' if reading == default else ''})"
             for index, kp in enumerate(pairs):
-                options = {} if reading is None else {"reading": reading}
-                scores = method.point_to_point(kp.query, kp.support, **options)
+                scores = method.point_to_point(kp.query, kp.support, reading=reading)
                 cells = true_cells(kp, scores.shape[1:3], scores.shape[-2:])[None]
                 add(name, kp.transform, correspondence_pck(scores, cells))
                 if index not in chance_done:  # constant maps: ties shared

@@ -11,7 +11,7 @@ line, the benchmark and the contract tests read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple, Type
+from typing import Dict, Tuple, Type, Union
 
 from .._utils.attribution import PairAttribution
 from .cg_ram import LayerCGRAM
@@ -53,6 +53,15 @@ REGISTRY: Dict[str, Member] = {
     )
 }
 
+
+def supports_contrast(method: Union[PairAttribution, type]) -> bool:
+    """True when the member (an object, or a class whatever its settings)
+    explains a support against ``contrast=``: False for Grad-FAM and RAM
+    "self", whose maps do not depend on the support."""
+    flag = getattr(method, "supports_contrast", True)
+    return flag if isinstance(flag, bool) else True  # a class's property: True
+
+
 __all__ = [
     "REGISTRY",
     "PairAttribution",
@@ -63,4 +72,5 @@ __all__ = [
     "LayerSFAM",
     "LayerSimilarityGradCam",
     "Member",
+    "supports_contrast",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
-import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -27,18 +26,20 @@ def ram_weights(
     (..., N) and shot weights (..., K or 1, N). The rule is linear in
     :math:`V^S`, so against a contrast (``contrast_shots`` (..., K', N),
     :math:`V^{S'}` their mean) the query weights are those for :math:`S`
-    minus those for :math:`S'`: 0 for "self" (pair-agnostic: nothing to
-    contrast), :math:`v^S - v^{S'}` for "other" and
+    minus those for :math:`S'`: :math:`v^S - v^{S'}` for "other" and
     :math:`v^Q (v^S - v^{S'})` for "product" (the channel's contribution to
     :math:`\langle V^Q, V^S\rangle - \langle V^Q, V^{S'}\rangle`, which
-    "product" also gives the shots). "self" and "other" shots keep their
-    weights (:math:`S'` does not involve them).
+    "product" also gives the shots). "other" shots keep their weights
+    (:math:`S'` does not involve them). "self" is pair-agnostic: a contrast
+    is a ValueError (it would give all-zero query maps).
     """
-    contrast = None if contrast_shots is None else contrast_shots.mean(dim=-2)
     if weighting == "self":  # each image weighted by its own pooled vector
-        if contrast is not None:  # v^Q - v^Q: the query map ignores the support
-            return torch.zeros_like(query_vectors), shot_vectors
+        if contrast_shots is not None:
+            raise ValueError(
+                'weighting="self" does not depend on the support: no contrast'
+            )
         return query_vectors, shot_vectors
+    contrast = None if contrast_shots is None else contrast_shots.mean(dim=-2)
     support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
     if contrast is not None:  # linear in V^S: weights(S) - weights(S')
         support_vectors = support_vectors - contrast
@@ -79,8 +80,9 @@ class LayerRAM(PairAttribution):
     Contrast (``attribute(..., contrast=S')``): the weights are linear in
     :math:`V^S`, so the query weights become those for :math:`S` minus those
     for :math:`S'`: :math:`v^S - v^{S'}` ("other"), :math:`v^Q_n(v^S_n -
-    v^{S'}_n)` ("product", for the shots too), and 0 for "self", whose query
-    map does not depend on the support (the contrast map is all zeros).
+    v^{S'}_n)` ("product", for the shots too). "self", whose query map does
+    not depend on the support, refuses a contrast (a ValueError) rather than
+    return all-zero maps.
     """
 
     def __init__(
@@ -115,6 +117,13 @@ class LayerRAM(PairAttribution):
                 f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
             )
         self.weighting = weighting
+
+    @property  # type: ignore[override]
+    def supports_contrast(self) -> bool:  # "self" ignores the support
+        return self.weighting != "self"
+
+    def _contrast_hint(self) -> str:
+        return '(weighting="self"; "other" and "product" have one)'
 
     def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
         return ram_weights(pair.query, pair.shots, self.weighting, pair.contrast_shots)

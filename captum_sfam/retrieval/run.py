@@ -14,7 +14,6 @@ disk (see :mod:`.store`); a rerun resumes after the last finished batch; under
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from ..methods import REGISTRY, PairAttribution
+from ..methods import REGISTRY, PairAttribution, supports_contrast
 from ..similarity import COSINE_EPS, embed
 from . import distributed as dist_utils
 from .data import ImageSource, SourceType
@@ -304,12 +303,6 @@ def _contrast_maps(
     return maps[:, 0]
 
 
-def supports_contrast(method: Union[PairAttribution, type]) -> bool:
-    """True when the member's (an object or a class) ``attribute`` takes a
-    ``contrast=`` support."""
-    return "contrast" in inspect.signature(method.attribute).parameters
-
-
 def _record(
     query: int,
     queries: ImageSource,
@@ -496,8 +489,8 @@ def explain_retrieval(
     layer_name = _layer_name(model, layer)
     if contrast and not supports_contrast(method):
         raise ValueError(
-            "contrast=True needs the family's attribute(..., contrast=...), which "
-            "this version of captum-sfam does not have"
+            f"contrast=True: {type(method).__name__} has no contrastive map (its "
+            "maps do not depend on the support); choose another member"
         )
     if contrast and k < 2:
         raise ValueError("contrast=True needs k >= 2 (rank 1 against rank 2)")

@@ -122,7 +122,7 @@ def slow_ram_contrast_weights(vq, shots, contrast_shots, weighting):
     return query, exp_shots
 
 
-@given(pooled_pairs(), st.sampled_from(["self", "other", "product"]), st.data())
+@given(pooled_pairs(), st.sampled_from(["other", "product"]), st.data())
 def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, weighting, data):
     q, shots = pair
     k_c = data.draw(st.sampled_from([1, 2, 4]))
@@ -149,7 +149,7 @@ def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, weighting, d
         )
 
 
-@pytest.mark.parametrize("weighting", ["self", "other", "product"])
+@pytest.mark.parametrize("weighting", ["other", "product"])
 def test_contrast_maps_match_numpy_loops(weighting):
     """attribute(..., contrast=S'): query map sum_n (w_n(S) - w_n(S')) A_Q^n."""
     model = TinyCNN(negative=True).eval()
@@ -162,8 +162,25 @@ def test_contrast_maps_match_numpy_loops(weighting):
     for b in range(2):
         vq = aq[b].mean(axis=(1, 2))
         vc = acts(model, c[b]).double().mean(dim=(2, 3)).mean(0).numpy()
-        w = {"self": vq - vq, "other": vs - vc, "product": vq * vs - vq * vc}
+        w = {"other": vs - vc, "product": vq * vs - vq * vc}
         expected = np.einsum("n,nhw->hw", w[weighting], aq[b])
         np.testing.assert_allclose(q_maps[b, 0].numpy(), expected, atol=1e-5)
-    if weighting == "self":  # pair-agnostic: nothing to contrast
-        assert (q_maps == 0).all()
+
+
+def test_self_weighting_refuses_a_contrast():
+    """ "self" ignores the support: a contrast would be an all-zero query map,
+    a silent wrong answer; every entry point refuses it, naming the fix."""
+    model = TinyCNN(negative=True).eval()
+    q, s, c = images(2, 3, 16, 16, seed=1), images(3, 16, 16, seed=2), images(3, 16, 16)
+    method = LayerRAM(model, model.features, weighting="self")
+    assert not method.supports_contrast
+    assert LayerRAM(model, model.features, weighting="other").supports_contrast
+    for call in (
+        lambda: method.attribute(q, s[None], contrast=c[None]),
+        lambda: method.channel_weights(q, s[None], contrast=c[None]),
+        lambda: method.attribute_pairs(q, s[None], contrast=c[None]),
+    ):
+        with pytest.raises(ValueError, match='weighting="self".*"other"'):
+            call()
+    with pytest.raises(ValueError, match="no contrast"):
+        ram_weights(torch.ones(2, 4), torch.ones(2, 1, 4), "self", torch.ones(2, 1, 4))
