@@ -73,6 +73,7 @@ def main() -> None:
     from captum_sfam import REGISTRY
 
     net = getattr(torchvision.models, args.model)(weights=None).eval()
+    net.fc = torch.nn.Identity()  # an embedding model: pooled features out
     names = [name for name, _ in net.named_children()]
     trunk = torch.nn.Sequential(
         *[getattr(net, n) for n in names[: names.index(args.layer) + 1]]

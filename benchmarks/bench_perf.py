@@ -3,8 +3,9 @@
 Two sections, each case timed in a fresh worker process (so peak memory is the
 case's own; CPU: peak RSS growth, CUDA: peak allocated memory):
 
-1. forward-only cost: LayerSFAM.attribute against a torch.no_grad() forward of
-   the same images through the network up to the explained layer (= 1.00);
+1. forward-only cost: LayerSFAM.attribute against torch.no_grad() forwards of
+   the same images through the network up to the explained layer (= 1.00):
+   queries and support apart, and in one batch as LayerSFAM runs them;
    for layer4 and layer3 of a torchvision ResNet (random weights: the cost does
    not depend on them), several batch sizes, fp32 and bf16 autocast
    (--precisions), optionally channels_last (--channels-last); and
@@ -108,7 +109,7 @@ def _case(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
         x = torch.rand(count, 3, size, size, device=device)
         return x if memory is None else x.contiguous(memory_format=memory)
 
-    if kind in ("forward", "sfam", "forward_pairs", "sfam_all_pairs"):
+    if kind in ("forward", "forward_joint", "sfam", "forward_pairs", "sfam_all_pairs"):
         layer_name = spec["layer"]
         layer = getattr(model, layer_name)
         pairs = kind in ("forward_pairs", "sfam_all_pairs")
@@ -122,6 +123,14 @@ def _case(spec: Dict[str, Any], device: str) -> Callable[[], Any]:
                     return head(q), head(s)
 
             return run
+        if kind == "forward_joint":  # one batch, as LayerSFAM runs an eval model
+            head = _up_to(model, layer_name)
+
+            def run_joint() -> Any:
+                with torch.no_grad():
+                    return head(torch.cat([q, s]))
+
+            return run_joint
         sfam = LayerSFAM(model, layer, metric="cosine")
         if pairs:
             return lambda: sfam.attribute_pairs(q, s)
@@ -399,20 +408,27 @@ def main() -> None:
             "precision": precision,
             "channels_last": args.channels_last,
         }
-        specs = [{**common, "kind": "forward"}, {**common, "kind": "sfam"}]
+        specs = [
+            {**common, "kind": "forward"},
+            {**common, "kind": "sfam"},
+            {**common, "kind": "forward_joint"},
+        ]
         timed = run_case(specs, args.device, args.repeats, interleaved=True)
         if "error" in timed:
             print(f"{layer} B={batch}: {timed['error']}")
             continue
         # peak memory: each case alone in a fresh process, one call
-        base = {**run_case(specs[0], args.device, 1), **timed[0]}
-        sfam = {**run_case(specs[1], args.device, 1), **timed[1]}
-        label = f"no-grad fwd {layer} B={batch}+1 {precision}"
+        base, sfam, joint = (
+            {**run_case(spec, args.device, 1), **t} for spec, t in zip(specs, timed)
+        )
+        label = f"no-grad fwd {layer} B={batch}, +1 apart {precision}"
         print(f"{label:34s} {_fmt(base, base)}")
+        print(f"{'no-grad fwd, one batch of B+1':34s} {_fmt(joint, base)}")
         print(f"{'LayerSFAM.attribute':34s} {_fmt(sfam, base)}")
+        print(f"{'  against the one-batch forward':34s} {_fmt(sfam, joint)}")
         report["forward_cost"].append(
             {"layer": layer, "batch": batch, "precision": precision,
-             "forward": base, "sfam": sfam}
+             "forward": base, "forward_one_batch": joint, "sfam": sfam}
         )  # fmt: skip
     for queries, gallery in args.pairs or []:
         for precision in args.precisions:

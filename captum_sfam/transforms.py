@@ -3,11 +3,12 @@ maps of any leading dimensions upsampled to the image."""
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._utils.model import tokens_grid
 
 
 def tokens_to_grid(
@@ -45,13 +46,13 @@ def tokens_to_grid(
         patches = tokens[:, num_prefix_tokens:, :]
         count = patches.shape[1]
         if grid_size is None:
-            side = math.isqrt(count)
-            if side * side != count or count == 0:
+            square = tokens_grid(count, None, None)
+            if square is None:
                 raise ValueError(
                     f"{count} patch tokens do not form a square grid: pass "
                     "grid_size=(h, w) or the right num_prefix_tokens"
                 )
-            h, w = side, side
+            h, w = square
         else:
             h, w = grid_size
             if h * w != count:

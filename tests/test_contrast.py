@@ -110,6 +110,63 @@ def test_contrast_runs_in_the_same_forward_pass_in_eval_mode(cls, kwargs):
         handle.remove()
 
 
+class _BatchCentre(torch.nn.Module):
+    """A custom module with a buffer of its own that mixes the batch in
+    training mode (subtracts the batch mean), as a home-made norm would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        return (x - x.mean(0, keepdim=True) if self.training else x) * self.scale
+
+
+@pytest.mark.parametrize(
+    "member", ["sfam", "simgradcam", "cgram"], ids=["forward-only", "gradient", "cg"]
+)
+@pytest.mark.parametrize(
+    "change, joint",
+    [
+        ("identity head after eval()", True),
+        ("dropout(p=0) in train mode", True),
+        ("custom stateful module in train mode", False),
+        ("BatchNorm in train mode", False),
+    ],
+)
+def test_one_forward_pass_unless_a_train_mode_module_may_mix_the_batch(
+    member, change, joint
+):
+    """The joint pass is chosen by what can mix a batch, not by any training
+    flag: a stateless torch.nn layer in train mode (an Identity head assigned
+    after model.eval(), the commonest embedding recipe) keeps the one pass;
+    BatchNorm or an unknown stateful module in train mode gets one pass per
+    image set. Either way the maps equal those of separate passes."""
+    model = TinyCNN(negative=True).eval()
+    if change.startswith("identity"):
+        model.head = torch.nn.Identity()  # a fresh module: training=True
+    elif change.startswith("dropout"):
+        model.features.append(torch.nn.Dropout(p=0.0))
+    elif change.startswith("custom"):
+        model.stem.append(_BatchCentre())
+    else:
+        model.stem[1].train()
+    method = REGISTRY[member].cls(model, model.features, metric="cosine")
+    q, s = images(3, 3, 12, 12, seed=1), images(2, 3, 12, 12, seed=2)
+    calls, handle = _count_forwards(model)
+    try:
+        maps = method.attribute(q, s)
+    finally:
+        handle.remove()
+    assert len(calls) == (1 if joint else 2)
+    # the reference: one query at a time, the support in the same call shape
+    for b in range(3):
+        one = method.attribute(q[b : b + 1], s)
+        if change.startswith(("custom", "BatchNorm")):
+            continue  # batch statistics differ with the batch: only the count
+        torch.testing.assert_close(maps[b], one[0], rtol=1e-4, atol=1e-5)
+
+
 def test_contrast_arguments_are_checked():
     model = TinyCNN().eval()
     method = REGISTRY["sfam"].cls(model, model.features)

@@ -98,15 +98,35 @@ def preserved_buffers(*modules: Optional[Module]) -> Iterator[None]:
                 torch._foreach_copy_(buffers, saved)
 
 
-def runs_in_eval_mode(forward_func: Callable[..., Any]) -> bool:
-    """True when ``forward_func`` is a module (or a bound method of one) with
-    every submodule in eval mode, and no DataParallel: then the images of a
-    batch do not influence each other's activations."""
+def _may_mix_batch(module: Module) -> bool:
+    """Whether a module in training mode may let the images of a batch
+    influence each other: BatchNorm (batch statistics), and any module outside
+    ``torch.nn`` with parameters or buffers of its own (its train-mode forward
+    is unknown). ``torch.nn``'s other layers (Identity, activations, Dropout,
+    Linear, convolutions, LayerNorm, containers, ...) act image by image."""
+    if not module.training:
+        return False
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return True
+    if type(module).__module__.startswith("torch.nn."):
+        return False
+    own = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return bool(own)
+
+
+def batch_independent(forward_func: Callable[..., Any]) -> bool:
+    """True when ``forward_func`` is a module (or a bound method of one) whose
+    images in a batch cannot influence each other's activations, so that
+    queries and support may share one forward pass: no DataParallel, and no
+    submodule in training mode that may mix the batch (BatchNorm, or a custom
+    module with state of its own). An eval-mode model qualifies, and so does
+    one whose only train-mode modules are stateless ``torch.nn`` layers (an
+    ``nn.Identity()`` head assigned after ``model.eval()``, say)."""
     root = root_module(eager_forward(forward_func))
     return (
         root is not None
         and not isinstance(root, torch.nn.DataParallel)
-        and not any(m.training for m in root.modules())
+        and not any(_may_mix_batch(m) for m in root.modules())
     )
 
 

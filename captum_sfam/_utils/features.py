@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .capture import capture_activations, runs_in_eval_mode
+from .capture import batch_independent, capture_activations
 from .checks import PoolingType, check_finite, compute_dtype
 from .maps import pool
 from .model import channels_last, tokens_grid
@@ -204,14 +204,15 @@ def query_and_other_activations(
 ) -> Tuple[Tensor, Tensor]:
     """Layer activations of the queries and of ``others`` (support or gallery).
 
-    One forward pass for both when that cannot change the result: the model in
-    eval mode (no batch statistics), no ``device_ids``, and image tensors of the
-    same shape, dtype and device. Otherwise, or when the joint pass fails, one
-    pass each, so that an error names the argument it comes from.
+    One forward pass for both when that cannot change the result: no module
+    that may mix the batch (``batch_independent``: an eval-mode model), no
+    ``device_ids``, and image tensors of the same shape, dtype and device.
+    Otherwise, or when the joint pass fails, one pass each, so that an error
+    names the argument it comes from.
     """
     joint = (
         spec.device_ids is None
-        and runs_in_eval_mode(spec.forward_func)
+        and batch_independent(spec.forward_func)
         and all(
             a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
             for a, b in zip(inputs, others)

@@ -21,7 +21,7 @@ from torch.nn import Module
 
 from ..similarity import MetricFunc
 from .attribution import PairAttribution
-from .capture import gradient_pass, runs_in_eval_mode
+from .capture import batch_independent, gradient_pass
 from .checks import PoolingType, warn_if
 from .features import LayerSpec, PairFeatures, ReshapeTransform, pair_features, to_grid
 from .formatting import References, TensorOrTuple, format_support
@@ -142,7 +142,7 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
                 )
             return s
 
-        joint = runs_in_eval_mode(spec.forward_func) and all(
+        joint = batch_independent(spec.forward_func) and all(
             all(
                 a.shape[1:] == b.shape[1:] and a.dtype == b.dtype
                 for a, b in zip(inputs, p)
