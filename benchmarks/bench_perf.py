@@ -221,13 +221,35 @@ def worker_interleaved(
     """
     fns = [_case_fn(spec, device) for spec in specs]
     cuda = device.startswith("cuda")
-    for fn in fns:
+    peaks: List[Dict[str, int]] = [{} for _ in fns]
+    for fn, peak in zip(fns, peaks):
         fn()  # warm-up
+        if cuda:  # CUDA counts allocations exactly: each case's peak, here
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            peak["peak_bytes"] = torch.cuda.max_memory_allocated() - base
     times: List[List[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times):
             bucket.append(_time_call(fn, cuda))
-    return [{"median_s": statistics.median(t), "times_s": t} for t in times]
+    return [
+        {"median_s": statistics.median(t), "times_s": t, **peak}
+        for t, peak in zip(times, peaks)
+    ]
+
+
+def with_peaks(
+    specs: List[Dict[str, Any]], timed: List[Dict[str, Any]], device: str
+) -> List[Dict[str, Any]]:
+    """Each case's peak memory: measured in the interleaved worker on CUDA;
+    on the CPU (RSS high-water mark) in a fresh process per case, one call."""
+    return [
+        t if "peak_bytes" in t else {**run_case(spec, device, 1), **t}
+        for spec, t in zip(specs, timed)
+    ]
 
 
 def growth(args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -417,10 +439,7 @@ def main() -> None:
         if "error" in timed:
             print(f"{layer} B={batch}: {timed['error']}")
             continue
-        # peak memory: each case alone in a fresh process, one call
-        base, sfam, joint = (
-            {**run_case(spec, args.device, 1), **t} for spec, t in zip(specs, timed)
-        )
+        base, sfam, joint = with_peaks(specs, timed, args.device)
         label = f"no-grad fwd {layer} B={batch}, +1 apart {precision}"
         print(f"{label:34s} {_fmt(base, base)}")
         print(f"{'no-grad fwd, one batch of B+1':34s} {_fmt(joint, base)}")
@@ -445,8 +464,7 @@ def main() -> None:
             if "error" in timed:
                 print(f"pairs {queries}x{gallery}: {timed['error']}")
                 continue
-            base = {**run_case(specs[0], args.device, 1), **timed[0]}
-            pairs = {**run_case(specs[1], args.device, 1), **timed[1]}
+            base, pairs = with_peaks(specs, timed, args.device)
             label = f"no-grad fwd Q={queries}+M={gallery} {precision}"
             print(f"{label:34s} {_fmt(base, base)}")
             print(f"{'LayerSFAM.attribute_pairs':34s} {_fmt(pairs, base)}")

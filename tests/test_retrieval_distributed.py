@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from captum_sfam.retrieval import load_maps, read_results
-from captum_sfam.retrieval.distributed import Context, gather_batches
+from captum_sfam.retrieval.distributed import Context, assemble_rows
 
 TESTS = Path(__file__).parent
 
@@ -97,10 +97,9 @@ def test_two_processes_equal_one(tmp_path):
     assert (two / "index.html").is_file()
 
 
-def test_gather_batches_reassembles_round_robin_blocks_in_one_process():
-    blocks = [torch.full((2, 3), float(b)) for b in range(5)]
-    blocks[-1] = blocks[-1][:1]
-    sizes = [b.shape[0] for b in blocks]
-    out = gather_batches(Context(), blocks, sizes, 3)
-    assert out.shape == (9, 3) and out[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4]
+def test_assemble_rows_in_one_process_is_the_packed_buffer():
+    packed = torch.arange(27.0).reshape(9, 3)
+    out = assemble_rows(Context(), packed, [2, 2, 2, 2, 1], 3)
+    assert out.data_ptr() == packed.data_ptr()  # no second copy of the table
+    assert assemble_rows(Context(), None, [], 4).shape == (0, 4)
     assert Context(rank=1, world_size=3).mine(8) == [1, 4, 7]

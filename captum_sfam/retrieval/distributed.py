@@ -124,9 +124,9 @@ def broadcast_tensor(
     return buffer.cpu()
 
 
-def gather_batches(
+def assemble_rows(
     context: Context,
-    local: List[Tensor],
+    mine: Optional[Tensor],
     sizes: List[int],
     width: int,
     dtype: torch.dtype = torch.float32,
@@ -134,27 +134,33 @@ def gather_batches(
     r"""Reassemble row blocks computed round-robin over the ranks.
 
     Block ``b`` (``sizes[b]`` rows of ``width`` columns) was computed by rank
-    ``b % world_size``; ``local`` holds this rank's blocks in order. Returns
-    every block concatenated in block order, (sum(sizes), width), on every
-    rank, on the CPU. One ``all_gather`` of padded tensors: peak memory is
-    about world_size times the largest rank's share.
+    ``b % world_size``; ``mine`` holds this rank's blocks packed in order
+    ((rows, width), None when it has none). Returns every block in block
+    order, (sum(sizes), width), on every rank: ``mine`` itself in one process,
+    else a table on ``context.device`` filled by one broadcast per rank.
+    Peak memory is the table plus this rank's share and one other rank's
+    share (never a second copy of the table).
     """
-    world = context.world_size
     if not context.active:
-        out = torch.cat(local) if local else torch.empty(0, width, dtype=dtype)
-        return out.to(dtype)
-    rows = [sum(sizes[b] for b in range(r, len(sizes), world)) for r in range(world)]
-    longest = max(rows)
-    mine = torch.zeros(longest, width, dtype=dtype, device=context.device)
-    if local:
-        block = torch.cat(local).to(context.device, dtype)
-        mine[: block.shape[0]] = block
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine)
-    offsets = [0] * world
-    parts = []
-    for b, size in enumerate(sizes):
-        r = b % world
-        parts.append(gathered[r][offsets[r] : offsets[r] + size])
-        offsets[r] += size
-    return torch.cat(parts).cpu()
+        if mine is None:
+            return torch.empty(0, width, dtype=dtype)
+        return mine.to(dtype)
+    world, device = context.world_size, context.device
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + size)
+    table = torch.empty(starts[-1], width, dtype=dtype, device=device)
+    for rank in range(world):
+        blocks = range(rank, len(sizes), world)
+        rows = [i for b in blocks for i in range(starts[b], starts[b + 1])]
+        if not rows:
+            continue
+        if rank == context.rank:
+            assert mine is not None and mine.shape == (len(rows), width)
+            buffer = mine.to(device, dtype).contiguous()
+        else:
+            buffer = torch.empty(len(rows), width, dtype=dtype, device=device)
+        dist.broadcast(buffer, src=rank)
+        table.index_copy_(0, torch.tensor(rows, device=device), buffer)
+        del buffer
+    return table

@@ -580,7 +580,10 @@ def explain_retrieval(
         )
     else:
         mine = context.mine(g_source.num_batches)
-        local = []
+        sizes = [len(g_source.batch_indices(b)) for b in range(g_source.num_batches)]
+        # this rank's rows, packed in one buffer as they come (no list to join)
+        packed: Optional[Tensor] = None
+        offset = 0
         with torch.no_grad():
             for _, images in _progress(
                 g_source.batches(mine),
@@ -588,13 +591,15 @@ def explain_retrieval(
                 "gallery",
                 progress and context.is_main,
             ):
-                local.append(
-                    _embed_checked(model, images.to(device), "the gallery").cpu()
-                )
-        width = dist_utils.all_max(context, local[0].shape[1] if local else 0)
-        sizes = [len(g_source.batch_indices(b)) for b in range(g_source.num_batches)]
-        embeddings = dist_utils.gather_batches(context, local, sizes, width)
-        del local
+                rows = _embed_checked(model, images.to(device), "the gallery")
+                if packed is None:
+                    total = sum(sizes[b] for b in mine)
+                    packed = rows.new_empty(total, rows.shape[1], device=context.device)
+                packed[offset : offset + rows.shape[0]] = rows
+                offset += rows.shape[0]
+        width = dist_utils.all_max(context, 0 if packed is None else packed.shape[1])
+        embeddings = dist_utils.assemble_rows(context, packed, sizes, width)
+        del packed
         if context.is_main:
             save_tensors(out / EMBEDDINGS, {"embeddings": embeddings})
     gallery_table = embeddings.to(device)
