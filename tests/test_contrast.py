@@ -11,6 +11,7 @@ from helpers import TinyCNN, images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from captum_sfam._utils.capture import batch_independent
 from captum_sfam.methods import REGISTRY
 
 FORWARD_ONLY = [m.cls for m in REGISTRY.values() if m.forward_only]
@@ -134,14 +135,16 @@ class _BatchCentre(torch.nn.Module):
         ("BatchNorm in train mode", False),
     ],
 )
+@pytest.mark.parametrize("call", ["module", "closure"])
 def test_one_forward_pass_unless_a_train_mode_module_may_mix_the_batch(
-    member, change, joint
+    member, change, joint, call
 ):
     """The joint pass is chosen by what can mix a batch, not by any training
     flag: a stateless torch.nn layer in train mode (an Identity head assigned
     after model.eval(), the commonest embedding recipe) keeps the one pass;
     BatchNorm or an unknown stateful module in train mode gets one pass per
-    image set. Either way the maps equal those of separate passes."""
+    image set. Either way the maps equal those of separate passes. A closure
+    over the model is judged the same way."""
     model = TinyCNN(negative=True).eval()
     if change.startswith("identity"):
         model.head = torch.nn.Identity()  # a fresh module: training=True
@@ -151,7 +154,9 @@ def test_one_forward_pass_unless_a_train_mode_module_may_mix_the_batch(
         model.stem.append(_BatchCentre())
     else:
         model.stem[1].train()
-    method = REGISTRY[member].cls(model, model.features, metric="cosine")
+    # a closure is judged by the modules it holds (here the model)
+    forward = model if call == "module" else (lambda x: model(x))
+    method = REGISTRY[member].cls(forward, model.features, metric="cosine")
     q, s = images(3, 3, 12, 12, seed=1), images(2, 3, 12, 12, seed=2)
     calls, handle = _count_forwards(model)
     try:
@@ -165,6 +170,16 @@ def test_one_forward_pass_unless_a_train_mode_module_may_mix_the_batch(
         if change.startswith(("custom", "BatchNorm")):
             continue  # batch statistics differ with the batch: only the count
         torch.testing.assert_close(maps[b], one[0], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_independent_needs_a_module_holding_the_layer():
+    model = TinyCNN().eval()
+    holder = {"model": model}  # a dict hides the model from the search
+    assert batch_independent(model, model.features)
+    assert batch_independent(lambda x: model(x), model.features)
+    assert not batch_independent(lambda x: holder["model"](x), model.features)
+    assert not batch_independent(torch.nn.DataParallel(model), model.features)
+    assert not batch_independent(TinyCNN().eval(), model.features)
 
 
 def test_contrast_arguments_are_checked():

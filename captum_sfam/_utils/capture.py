@@ -19,7 +19,13 @@ from .captum_compat import (
     format_additional_forward_args,
     forward_layer_eval,
 )
-from .model import EmbeddingFunc, find_model, select_embedding, siamese_hint
+from .model import (
+    EmbeddingFunc,
+    find_model,
+    held_modules,
+    select_embedding,
+    siamese_hint,
+)
 
 
 class _StopForward(Exception):
@@ -114,19 +120,32 @@ def _may_mix_batch(module: Module) -> bool:
     return bool(own)
 
 
-def batch_independent(forward_func: Callable[..., Any]) -> bool:
-    """True when ``forward_func`` is a module (or a bound method of one) whose
-    images in a batch cannot influence each other's activations, so that
-    queries and support may share one forward pass: no DataParallel, and no
-    submodule in training mode that may mix the batch (BatchNorm, or a custom
-    module with state of its own). An eval-mode model qualifies, and so does
-    one whose only train-mode modules are stateless ``torch.nn`` layers (an
-    ``nn.Identity()`` head assigned after ``model.eval()``, say)."""
-    root = root_module(eager_forward(forward_func))
-    return (
-        root is not None
-        and not isinstance(root, torch.nn.DataParallel)
-        and not any(_may_mix_batch(m) for m in root.modules())
+def batch_independent(
+    forward_func: Callable[..., Any], layer: Optional[Module] = None
+) -> bool:
+    """True when the images of a batch cannot influence each other's
+    activations in ``forward_func``, so that queries and support may share one
+    forward pass: no DataParallel, and no submodule in training mode that may
+    mix the batch (BatchNorm, or a custom module with state of its own). An
+    eval-mode model qualifies, and so does one whose only train-mode modules
+    are stateless ``torch.nn`` layers (an ``nn.Identity()`` head assigned after
+    ``model.eval()``, say). A callable that is not a module (a closure, a
+    partial, a wrapper's bound method) is judged by every module it holds, one
+    of which must contain ``layer``; one that holds none gets separate passes.
+    """
+    forward_func = eager_forward(forward_func)
+    root = root_module(forward_func)
+    modules = [root] if root is not None else held_modules(forward_func)
+    if not modules:
+        return False
+    if layer is not None and not any(
+        m is layer for module in modules for m in module.modules()
+    ):
+        return False
+    return not any(
+        isinstance(module, torch.nn.DataParallel)
+        or any(_may_mix_batch(m) for m in module.modules())
+        for module in modules
     )
 
 

@@ -212,7 +212,7 @@ def query_and_other_activations(
     """
     joint = (
         spec.device_ids is None
-        and batch_independent(spec.forward_func)
+        and batch_independent(spec.forward_func, spec.layer)
         and all(
             a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
             for a, b in zip(inputs, others)

@@ -142,7 +142,7 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
                 )
             return s
 
-        joint = batch_independent(spec.forward_func) and all(
+        joint = batch_independent(spec.forward_func, spec.layer) and all(
             all(
                 a.shape[1:] == b.shape[1:] and a.dtype == b.dtype
                 for a, b in zip(inputs, p)

@@ -19,7 +19,7 @@ import functools
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -71,6 +71,14 @@ def _candidates(obj: Any, depth: int = 0) -> Iterator[Module]:
             value = namespace.get(name)
             if isinstance(value, Module) or hasattr(value, "__code__"):
                 yield from _candidates(value, depth + 1)
+
+
+def held_modules(forward_func: Callable[..., Any]) -> List[Module]:
+    """Every distinct module ``forward_func`` holds (see :func:`_candidates`)."""
+    seen: Dict[int, Module] = {}
+    for module in _candidates(forward_func):
+        seen.setdefault(id(module), module)
+    return list(seen.values())
 
 
 def find_model(
