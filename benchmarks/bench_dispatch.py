@@ -28,6 +28,19 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 HOST_SYNCS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default"}
+#: ops that only make a new view or an uninitialised tensor: no kernel runs
+NO_KERNEL = {
+    f"aten.{name}"
+    for name in (
+        "view.default", "_unsafe_view.default", "slice.Tensor", "select.int",
+        "detach.default", "alias.default", "unsqueeze.default", "squeeze.dim",
+        "squeeze.dims", "permute.default", "expand.default", "t.default",
+        "transpose.int", "unbind.int", "split.Tensor", "as_strided.default",
+        "reshape.default", "empty.memory_format", "empty_like.default",
+        "scalar_tensor.default", "lift_fresh.default",
+        "_local_scalar_dense.default", "is_nonzero.default",
+    )
+}  # fmt: skip
 HERE = Path(__file__).resolve().parent
 
 
@@ -45,6 +58,11 @@ class DispatchCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.ops.values())
+
+    @property
+    def kernels(self) -> int:
+        """Ops that launch work on a device (views and allocations excluded)."""
+        return sum(n for op, n in self.ops.items() if op not in NO_KERNEL)
 
     @property
     def syncs(self) -> int:
@@ -83,7 +101,12 @@ def main() -> None:
     with torch.no_grad():
         forward = count(lambda: trunk(torch.cat([queries, support])))
     rows: Dict[str, Any] = {
-        "forward": {"ops": forward.total, "syncs": forward.syncs, "top": {}}
+        "forward": {
+            "ops": forward.total,
+            "kernels": forward.kernels,
+            "syncs": forward.syncs,
+            "top": {},
+        }
     }
     for member in REGISTRY.values():
         if args.metric not in member.supported_metrics:
@@ -93,19 +116,27 @@ def main() -> None:
         rows[member.display_name] = {
             "ops": call.total,
             "extra_ops": call.total - forward.total,
+            "extra_kernels": call.kernels - forward.kernels,
             "syncs": call.syncs,
             "forward_only": member.forward_only,
             "top": dict(call.ops.most_common(5)),
         }
     print(
         f"{args.model} {args.layer}, {args.metric}, B = {args.batch}, "
-        f"K = {args.shots}; forward of queries + support: {forward.total} ops"
+        f"K = {args.shots}; forward of queries + support: {forward.total} ops, "
+        f"{forward.kernels} of them kernels"
     )
-    print(f"{'method':<22} {'aten ops':>9} {'beyond fwd':>11} {'host syncs':>11}")
+    print(
+        f"{'method':<22} {'aten ops':>9} {'beyond fwd':>11} {'kernels beyond':>15} "
+        f"{'host syncs':>11}"
+    )
     for name, row in rows.items():
         if name == "forward":
             continue
-        print(f"{name:<22} {row['ops']:>9} {row['extra_ops']:>+11} {row['syncs']:>11}")
+        print(
+            f"{name:<22} {row['ops']:>9} {row['extra_ops']:>+11} "
+            f"{row['extra_kernels']:>+15} {row['syncs']:>11}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
