@@ -283,3 +283,28 @@ def test_bf16_autocast_maps_are_float32_and_follow_the_fp32_maps(member):
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     assert bool((corr > 0.98).all()), corr
+
+
+# ------------------------------------------------- train-mode warning --
+@pytest.mark.parametrize("member", list(REGISTRY.values()), ids=lambda m: m.key)
+def test_batchnorm_or_dropout_in_train_mode_warns_and_names_the_module(member):
+    """A model left in train() gives maps that depend on the other images of
+    the batch (BatchNorm) or on chance (Dropout): a warning naming the module
+    and the fix. Eval mode, or a Dropout with p = 0, stays silent."""
+    import warnings
+
+    metric = "cosine" if "cosine" in member.supported_metrics else "euclidean"
+    q, s = images(2, 3, 12, 12), images(2, 3, 12, 12, seed=1)
+    model = TinyCNN().train()
+    with pytest.warns(UserWarning, match=r"BatchNorm2d at 'stem\.1'.*model\.eval\(\)"):
+        member.cls(model, model.features, metric=metric).attribute(q, s)
+    assert model.training  # the library never changes the mode
+    quiet = TinyCNN().eval()
+    quiet.features.append(nn.Dropout(p=0.0).train())
+    noisy = TinyCNN().eval()
+    noisy.features.append(nn.Dropout(p=0.5).train())
+    with pytest.warns(UserWarning, match="Dropout at 'features.2'"):
+        member.cls(noisy, noisy.features, metric=metric).attribute(q, s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        member.cls(quiet, quiet.features, metric=metric).attribute(q, s)

@@ -40,6 +40,42 @@ def root_module(forward_func: Callable[..., Any]) -> Optional[Module]:
     return owner if isinstance(owner, Module) else None
 
 
+def warn_if_batch_or_chance_dependent(model: Module) -> None:
+    """Warn when ``model`` has BatchNorm or Dropout (p > 0) in training mode:
+    a map would depend on the other images of the batch, or on chance."""
+    found = [
+        f"{type(m).__name__} at {name or 'the model'!r}"
+        for name, m in model.named_modules()
+        if m.training
+        and (
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            or (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+        )
+    ]
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        warnings.warn(
+            f"the model has modules in training mode ({', '.join(found[:3])}{more}): "
+            "BatchNorm normalises with the statistics of each forward batch, so a "
+            "map depends on the other images explained with it, and Dropout makes "
+            "maps random. Call model.eval() before explaining (captum-sfam never "
+            "changes the model's mode; running statistics are restored after the "
+            "call either way)",
+            stacklevel=6,
+        )
+
+
+@contextlib.contextmanager
+def _modes_checked_after(model: Optional[Module]) -> Iterator[None]:
+    """Warn, after a forward pass that succeeded, if ``model`` ran with
+    BatchNorm or Dropout in training mode (read after the pass: a wrapper may
+    switch its model to eval mode itself, as pytorch-metric-learning's
+    InferenceModel does)."""
+    yield
+    if model is not None:
+        warn_if_batch_or_chance_dependent(model)
+
+
 def protected_model(
     forward_func: Callable[..., Any], layer: Module
 ) -> Optional[Module]:
@@ -207,7 +243,8 @@ def capture_activations(
     """
     forward_func = eager_forward(forward_func)
     root = root_module(forward_func)
-    with preserved_buffers(protected_model(forward_func, layer), layer):
+    model = protected_model(forward_func, layer)
+    with preserved_buffers(model, layer), _modes_checked_after(model):
         if device_ids is not None or isinstance(root, torch.nn.DataParallel):
             acts = forward_layer_eval(
                 forward_func,
@@ -310,9 +347,9 @@ def gradient_pass(
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        stack.enter_context(
-            preserved_buffers(protected_model(forward_func, layer), layer)
-        )
+        model = protected_model(forward_func, layer)
+        stack.enter_context(preserved_buffers(model, layer))
+        stack.enter_context(_modes_checked_after(model))
         for batch, argument in zip(batches, arguments):
             store: Dict[torch.device, Tuple[Tensor, ...]] = {}
 

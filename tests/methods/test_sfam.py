@@ -21,7 +21,7 @@ from helpers import (
     slow_sfam_weights,
     small_vit,
 )
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
@@ -319,14 +319,17 @@ def test_matches_slow_reference_implementation(metric, negative):
                 s_maps[b, k, 0].numpy(), ref_s[k], rtol=1e-4, atol=1e-5
             )
         qw, sw = sfam.channel_weights(q[b : b + 1], s[b : b + 1])
-        np.testing.assert_allclose(qw[0].numpy(), ref_w, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(sw[0, 1].numpy(), ref_w, rtol=1e-5, atol=1e-6)
+        # weights: float32 activations of other batch compositions than the
+        # reference's, then Eq. 4's min-max: same tolerance as the maps
+        np.testing.assert_allclose(qw[0].numpy(), ref_w, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sw[0, 1].numpy(), ref_w, rtol=1e-4, atol=1e-5)
 
 
 @settings(max_examples=15)
 @given(
     st.integers(1, 4), st.integers(0, 10_000), st.sampled_from(["euclidean", "cosine"])
 )
+@example(1, 403, "cosine")  # 2.3e-6 apart: the joint pass's batch vs the reference's
 def test_k_shot_equals_single_support_with_mean_vector(shots, seed, metric):
     """K-shot weights = weights of one support whose pooled vector is the mean."""
     model = TinyCNN().eval()
@@ -338,7 +341,7 @@ def test_k_shot_equals_single_support_with_mean_vector(shots, seed, metric):
     expected = minmax_normalize(
         channel_importance(acts(model, q).mean(dim=(2, 3)), mean_vector, metric)
     )
-    torch.testing.assert_close(qw, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(qw, expected, rtol=1e-4, atol=1e-5)
 
 
 @given(
@@ -457,7 +460,7 @@ def test_vit_sfam_matches_manual_token_computation():
 
     w = minmax_normalize(channel_importance(tq.mean(1), ts.mean(1)[0]))
     expected = torch.einsum("bn,btn->bt", w, tq).reshape(2, 4, 4)
-    torch.testing.assert_close(got[:, 0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_shared_support_equals_per_query_support_and_batching():
