@@ -9,7 +9,11 @@
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]      # default: gpu-results/
 #
 # Needs torch with CUDA, captum, torchvision, pytest and hypothesis; runs the
-# package from this checkout (PYTHONPATH), so no install of it is needed.
+# package from this checkout (PYTHONPATH), so no install of it is needed. On a
+# machine without captum and without a package index, bring its wheel (pure
+# Python): `pip download --no-deps captum==0.9.0 -d .whl` where pip works, then
+# there `pip install --no-deps --target /tmp/site .whl/captum-*.whl` and
+# `export PYTHONPATH=/tmp/site` before this script.
 # Writes OUT_DIR/tests.log, OUT_DIR/bench.log and OUT_DIR/perf-cuda.json;
 # copy the JSON to benchmarks/results/ and the table into the README.
 # Time limits (seconds) for each part: TESTS_TIMEOUT (300), BENCH_TIMEOUT (420).
