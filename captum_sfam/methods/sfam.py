@@ -21,15 +21,26 @@ CONTRAST_TOL = 1e-12
 TINY = torch.finfo(torch.float64).tiny
 
 
-def _unit(v: Tensor, name: str) -> Tensor:
-    """L2-normalise along the last dim (float64, overflow-safe); zero -> error."""
-    scale = v.abs().amax(dim=-1, keepdim=True)
+def _unit(v: Tensor, name: str, rescale: bool = True) -> Tensor:
+    """L2-normalise the float64 ``v`` along the last dim; zero -> error.
+
+    ``rescale`` divides by the largest magnitude first, so that float64 data
+    near its range cannot overflow; values that came from float32 or
+    narrower (|v| < 3.5e38, squares < 1.2e77) cannot, and skip it.
+    """
+    if rescale:
+        scale = v.abs().amax(dim=-1, keepdim=True)
+        zero = scale == 0
+        v = v / scale.clamp_min(TINY)
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    else:
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        zero = norm == 0
     require(
-        (scale == 0).any(),
+        zero.any(),
         f"{name} contains a zero vector: cosine similarity (Eq. 5) is undefined for it",
     )
-    v = v / scale
-    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    return v / norm
 
 
 def channel_importance(
@@ -111,18 +122,21 @@ def _importance(q: Tensor, s: Tensor, metric: str) -> Tensor:
     forward; on a GPU its cost is the number of kernels, not their width.
     """
     channels = q.shape[-1]
+    # float64 data may overflow when squared; data from float32 or narrower
+    # cannot (in float64): it skips the rescaling (fewer kernels on a GPU)
+    wide = torch.float64 in (q.dtype, s.dtype)
     q, s = q.double(), s.double()
     if metric == "cosine":
-        q, s = _unit(q, "query_vectors"), _unit(s, "support_vectors")
+        q, s = _unit(q, "query_vectors", wide), _unit(s, "support_vectors", wide)
     r = (q - s).abs()
-    # Rescale by the largest difference: omega is invariant to it, and squares
-    # can no longer overflow. Normalising parallel vectors leaves rounding
-    # noise (~1e-16) that Eq. 5 would amplify into arbitrary scores: below
-    # PARALLEL_TOL the vectors count as equal (D = 0).
+    # Rescale by the largest difference (float64 data): omega is invariant to
+    # it, and squares can no longer overflow. Normalising parallel vectors
+    # leaves rounding noise (~1e-16) that Eq. 5 would amplify into arbitrary
+    # scores: below PARALLEL_TOL the vectors count as equal (D = 0).
     largest = r.amax(dim=-1, keepdim=True)
     distinct = largest > (PARALLEL_TOL if metric == "cosine" else 0.0)
-    d = (r / largest.clamp_min(TINY)) ** 2
-    total = d.sum(dim=-1, keepdim=True)  # >= 1 where distinct
+    d = (r / largest.clamp_min(TINY)) ** 2 if wide else r * r
+    total = d.sum(dim=-1, keepdim=True)  # > 0 where distinct
     omega = (total - d) / ((channels - 1) * total.clamp_min(TINY))  # Eq. 2
     omega = torch.where(distinct, omega, 1.0 / channels)  # D = 0: all equal
     return omega.clamp(0.0, 1.0 / (channels - 1))

@@ -261,6 +261,16 @@ def test_float32_in_float32_out_and_extreme_values_stay_finite():
     big = torch.tensor([-1e308, 1e308, 0.0], dtype=torch.float64)
     out = minmax_normalize(big)
     assert out.tolist() == [0.0, 1.0, 0.5]
+    # float64 data near its range is rescaled before squaring; float32 data,
+    # subnormals included, needs no rescaling in float64
+    q64 = torch.tensor([1e300, -1e300, 1.0], dtype=torch.float64)
+    tiny = torch.tensor([1e-45, 0.0, 0.0]), torch.tensor([0.0, 1e-45, 0.0])
+    for metric in ("euclidean", "cosine"):
+        w = channel_importance(q64, -q64, metric)
+        assert w.dtype == torch.float64 and torch.isfinite(w).all()
+        torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+        w = channel_importance(*tiny, metric)
+        assert torch.isfinite(w).all() and abs(float(w.sum()) - 1) < 1e-6
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
