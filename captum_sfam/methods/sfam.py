@@ -28,16 +28,11 @@ def _unit(v: Tensor, name: str, rescale: bool = True) -> Tensor:
     near its range cannot overflow; values that came from float32 or
     narrower (|v| < 3.5e38, squares < 1.2e77) cannot, and skip it.
     """
-    if rescale:
-        scale = v.abs().amax(dim=-1, keepdim=True)
-        zero = scale == 0
-        v = v / scale.clamp_min(TINY)
-        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    else:
-        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-        zero = norm == 0
+    if rescale:  # a zero vector stays zero: its norm below is 0 either way
+        v = v / v.abs().amax(dim=-1, keepdim=True).clamp_min(TINY)
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     require(
-        zero.any(),
+        (norm == 0).any(),
         f"{name} contains a zero vector: cosine similarity (Eq. 5) is undefined for it",
     )
     return v / norm
