@@ -1,11 +1,15 @@
-r"""SimilarityTarget: make any Captum method explain a metric-learning model."""
+r"""SimilarityTarget: make any Captum method explain a metric-learning model.
+
+Also the public home of the similarity functions (defined in
+:mod:`captum_sfam.functional.similarity`): ``similarity_matrix``,
+``paired_similarity`` and ``exact_top_k``.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
@@ -18,13 +22,13 @@ from ._utils.model import (
     select_embedding,
     warn_if_classifier,
 )
-
-#: Embeddings whose norm is below this have cosine similarity 0 (as in
-#: ``torch.nn.functional.cosine_similarity``), e.g. an all-black IG baseline.
-COSINE_EPS = 1e-8
-
-#: a learned similarity: (x (P, D), y (P, D)) -> (P,) scores, row by row
-MetricFunc = Callable[[Tensor, Tensor], Tensor]
+from .functional.similarity import (
+    COSINE_EPS,
+    MetricFunc,
+    exact_top_k,
+    paired_similarity,
+    similarity_matrix,
+)
 
 
 def flatten_embeddings(embeddings: Tensor) -> Tensor:
@@ -81,54 +85,6 @@ def prototypes(
     classes, shots = support.shape[:2]
     emb = embed(model, support.flatten(0, 1), additional_forward_args, embedding_func)
     return emb.reshape(classes, shots, -1).mean(dim=1)
-
-
-def similarity_matrix(
-    embeddings: Tensor, references: Tensor, metric: Union[str, MetricFunc]
-) -> Tensor:
-    r"""Similarities (B, R) between embeddings (B, D) and references (R, D).
-
-    ``metric="cosine"``: cosine similarity; ``metric="euclidean"``: negative
-    squared Euclidean distance :math:`-\lVert e - r\rVert^2` (the logits of
-    prototypical networks); a callable: a learned similarity scoring (P, D)
-    pairs row by row, applied to the B x R pairs. Differentiable everywhere.
-    """
-    if callable(metric):
-        b, r = embeddings.shape[0], references.shape[0]
-        e = embeddings.unsqueeze(1).expand(b, r, -1).flatten(0, 1)
-        ref = references.unsqueeze(0).expand(b, r, -1).flatten(0, 1)
-        return _check_scores(metric(e, ref), b * r).reshape(b, r)
-    if metric == "cosine":
-        e = F.normalize(embeddings, dim=-1, eps=COSINE_EPS)
-        r = F.normalize(references, dim=-1, eps=COSINE_EPS)
-        return e @ r.transpose(0, 1)
-    diff = embeddings.unsqueeze(1) - references.unsqueeze(0)
-    return -(diff * diff).sum(dim=-1)
-
-
-def paired_similarity(
-    embeddings: Tensor, references: Tensor, metric: Union[str, MetricFunc]
-) -> Tensor:
-    """Row-wise similarities (B,) between embeddings (B, D) and references (B, D).
-
-    ``metric`` may be a learned similarity: a callable scoring two (P, D)
-    batches row by row."""
-    if callable(metric):
-        return _check_scores(metric(embeddings, references), embeddings.shape[0])
-    if metric == "cosine":
-        return F.cosine_similarity(embeddings, references, dim=-1, eps=COSINE_EPS)
-    diff = embeddings - references
-    return -(diff * diff).sum(dim=-1)
-
-
-def _check_scores(scores: object, count: int) -> Tensor:
-    if not isinstance(scores, Tensor) or scores.numel() != count:
-        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
-        raise ValueError(
-            f"metric (a callable) must return {count} scores, one per pair of "
-            f"embeddings, got {shape}"
-        )
-    return scores.reshape(count)
 
 
 def _reference_embeddings(references: object, name: str, metric: str) -> Tensor:
@@ -304,3 +260,16 @@ class SimilarityTarget(Module):
             against = similarity_matrix(emb, self.contrast.to(emb.dtype), self.metric)
             scores = scores - against
         return scores
+
+
+__all__ = [
+    "COSINE_EPS",
+    "MetricFunc",
+    "SimilarityTarget",
+    "embed",
+    "exact_top_k",
+    "flatten_embeddings",
+    "paired_similarity",
+    "prototypes",
+    "similarity_matrix",
+]

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from ..functional.similarity import DEFAULT_GALLERY_CHUNK, exact_top_k
 from ..methods import REGISTRY, PairAttribution, supports_contrast
-from ..similarity import COSINE_EPS, embed
+from ..similarity import embed
 from . import distributed as dist_utils
 from .data import ImageSource, SourceType
 from .metrics import query_metrics
@@ -51,96 +51,6 @@ from .store import (
 
 #: format version written to run.json
 FORMAT_VERSION = 1
-#: gallery rows scored at once per query batch by :func:`exact_top_k`
-DEFAULT_GALLERY_CHUNK = 4096
-
-
-def exact_top_k(
-    queries: Tensor,
-    gallery: Tensor,
-    k: int,
-    metric: str = "cosine",
-    chunk_size: int = DEFAULT_GALLERY_CHUNK,
-    exclude: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    r"""Exact top-k gallery items of each query, by chunks of the gallery.
-
-    Only a (Q, chunk_size + k) block of scores exists at a time, so the
-    memory does not grow with the gallery. Ties are broken by the lower
-    gallery index.
-
-    Args:
-
-        queries (Tensor): query embeddings (Q, D).
-        gallery (Tensor): gallery embeddings (M, D), on any device (each chunk
-                    is moved to the queries' device).
-        k (int): neighbours per query, 1 <= k <= M.
-        metric (str, optional): "cosine" (cosine similarity) or "euclidean"
-                    (negative squared Euclidean distance), as
-                    :func:`captum_sfam.similarity.similarity_matrix`.
-                    Default: "cosine"
-        chunk_size (int, optional): gallery rows scored at once.
-                    Default: 4096
-        exclude (Tensor, optional): (Q,) a gallery index each query must not
-                    get (the query itself, when the gallery holds it), or -1.
-                    Default: None
-
-    Returns:
-        *tuple[Tensor, Tensor]* of **(similarities, indices)**, both (Q, k),
-        best first; similarities in float32.
-    """
-    if queries.dim() != 2 or gallery.dim() != 2:
-        raise ValueError("queries and gallery must be (Q, D) and (M, D) embeddings")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"queries have {queries.shape[1]} dimensions, gallery {gallery.shape[1]}"
-        )
-    total = gallery.shape[0]
-    available = total - (0 if exclude is None else 1)
-    if not 1 <= k <= max(available, 0):
-        raise ValueError(f"k must be in [1, {available}] for this gallery, got {k}")
-    device = queries.device
-    q = queries.float()
-    if metric == "cosine":
-        q = F.normalize(q, dim=-1, eps=COSINE_EPS)
-    else:
-        q_squared = (q * q).sum(dim=-1, keepdim=True)
-    best_values = q.new_empty(q.shape[0], 0)
-    best_indices = torch.empty(q.shape[0], 0, dtype=torch.long, device=device)
-    for start in range(0, total, chunk_size):
-        g = gallery[start : start + chunk_size].to(device, torch.float32)
-        if metric == "cosine":
-            scores = q @ F.normalize(g, dim=-1, eps=COSINE_EPS).T
-        else:
-            scores = 2 * (q @ g.T) - q_squared - (g * g).sum(dim=-1)[None]
-        index = torch.arange(start, start + g.shape[0], device=device)
-        if exclude is not None:
-            scores = scores.masked_fill(
-                exclude.to(device)[:, None] == index, -torch.inf
-            )
-        values = torch.cat([best_values, scores], dim=1)
-        indices = torch.cat([best_indices, index.expand(q.shape[0], -1)], dim=1)
-        # earlier candidates have lower indices: a stable sort keeps them first
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices
-        order = order[:, :k]
-        best_values, best_indices = values.gather(1, order), indices.gather(1, order)
-    # exact values of the chosen items, each from its own two vectors (so
-    # equal items get equal values whatever chunk they were scored in), then
-    # best first, ties by the lower gallery index
-    chosen = gallery[best_indices.flatten().to(gallery.device)].to(device).float()
-    chosen = chosen.view(*best_indices.shape, -1)
-    if metric == "cosine":
-        best_values = (q[:, None] * F.normalize(chosen, dim=-1, eps=COSINE_EPS)).sum(-1)
-    else:
-        diff = queries.float()[:, None] - chosen
-        best_values = -(diff * diff).sum(dim=-1)
-    by_index = torch.sort(best_indices, dim=1).indices
-    best_values = best_values.gather(1, by_index)
-    best_indices = best_indices.gather(1, by_index)
-    order = torch.sort(best_values, dim=1, descending=True, stable=True).indices
-    best_values = best_values.gather(1, order)
-    best_indices = best_indices.gather(1, order)
-    return best_values, best_indices
 
 
 @dataclass
