@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple, Type, Union
 
 from .._utils.attribution import PairAttribution
+from .._utils.correspondence import READINGS
 from .cg_ram import LayerCGRAM
 from .decomposition import LayerDecomposition
 from .grad_fam import LayerGradFAM
@@ -63,6 +64,7 @@ def supports_contrast(method: Union[PairAttribution, type]) -> bool:
 
 
 __all__ = [
+    "READINGS",
     "REGISTRY",
     "PairAttribution",
     "LayerCGRAM",
