@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..demo.pretrained import _require
+from .._optional import require_extra
 from .data import ImageSource
 from .store import MANIFEST, load_maps, read_results
 
@@ -148,7 +148,7 @@ def write_report(
     Returns:
         *Path* of ``index.html``.
     """
-    _require("PIL", "pillow")
+    require_extra("PIL", "pillow")
     out = Path(out)
     thumbs = out / "thumbs"
     thumbs.mkdir(exist_ok=True)

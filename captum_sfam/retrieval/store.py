@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import torch
 from torch import Tensor
 
-from ..demo.pretrained import _require
+from .._optional import require_extra
 
 PathLike = Union[str, Path]
 
@@ -93,7 +93,7 @@ def save_tensors(
 ) -> None:
     """Write named tensors as a safetensors file, atomically (a temporary file
     renamed; written straight to disk, with no in-memory copy of the file)."""
-    _require("safetensors", "safetensors")
+    require_extra("safetensors", "safetensors")
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def save_tensors(
 
 
 def load_tensor(path: Path, name: str) -> Tensor:
-    _require("safetensors", "safetensors")
+    require_extra("safetensors", "safetensors")
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -163,7 +163,7 @@ def load_maps(
         ...     maps = load_maps("run", record)
         ...     best = maps["neighbours"][0]  # the rank-1 neighbour's map
     """
-    _require("safetensors", "safetensors")
+    require_extra("safetensors", "safetensors")
     from safetensors import safe_open
 
     where = record["maps"]
