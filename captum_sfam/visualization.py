@@ -6,19 +6,21 @@ size (bilinear, as in the SFAM paper). :func:`visualize_pair` draws the query
 and each support image with their maps; :func:`compare_methods` draws one row
 per method. Both return matplotlib figures (no pyplot state is touched) and
 save them when given a path. Both take the normalisation the model used
-(``mean=``/``std=`` or ``denormalize=``) and draw the image a person sees; a
-float image outside [0, 1] without it is min-max scaled with a warning.
+(``mean=``/``std=`` or ``denormalize=``) and draw the image a person sees
+(:func:`captum_sfam.images.to_display`); a float image outside [0, 1] without
+it is min-max scaled with a warning.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from captum.attr import LayerAttribution
 from torch import Tensor
+
+from .images import to_display
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -35,80 +37,6 @@ def to_hwc(attribution: Tensor, size: Tuple[int, int]) -> np.ndarray:
 
 
 Normalization = Optional[Sequence[float]]
-
-
-def _image(
-    image: ArrayLike,
-    mean: Normalization = None,
-    std: Normalization = None,
-    denormalize: Optional[Callable[[ArrayLike], ArrayLike]] = None,
-) -> np.ndarray:
-    r"""An image as drawn: numpy (H, W, 3) in [0, 1].
-
-    ``denormalize(image)`` or ``image * std + mean`` (per channel) undo the
-    model's normalisation. Integer images are divided by their type's maximum
-    (255 for uint8). A float image outside [0, 1] with no normalisation given
-    is min-max scaled with a warning naming ``mean=``/``std=``/``denormalize=``
-    (so it is never drawn as a black or clipped panel).
-    """
-    if denormalize is not None and (mean is not None or std is not None):
-        raise ValueError("pass either mean=/std= or denormalize=, not both")
-    if (mean is None) != (std is None):
-        raise ValueError("mean= and std= go together: pass both")
-    given = denormalize is not None or mean is not None
-    if denormalize is not None:
-        image = denormalize(image)
-    array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
-    array = np.asarray(array)
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]  # a batch of one
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = array.transpose(1, 2, 0)  # CHW -> HWC
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"expected an image (H, W, 3) or (3, H, W), got shape {array.shape}"
-        )
-    array = array[..., :3]
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        if mean is not None:
-            raise ValueError(
-                "mean=/std= apply to float model inputs, not to an integer image"
-            )
-        top = 1 if array.dtype == np.bool_ else np.iinfo(array.dtype).max
-        return array.astype(np.float64) / top
-    array = array.astype(np.float64)
-    if mean is not None:
-        m, s = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-        if m.size not in (1, 3) or s.size not in (1, 3):
-            raise ValueError("mean= and std= take 1 or 3 numbers")
-        array = array * s.reshape(-1) + m.reshape(-1)
-    finite = array[np.isfinite(array)]
-    low = float(finite.min()) if finite.size else 0.0
-    high = float(finite.max()) if finite.size else 0.0
-    tolerance = 0.05  # bilinear resizing overshoots a little
-    if low < -tolerance or high > 1.0 + tolerance:
-        if given:
-            warnings.warn(
-                f"the denormalised image lies in [{low:.3g}, {high:.3g}], not "
-                "[0, 1]: check that mean=/std= (or denormalize=) are the "
-                "normalisation the model used; shown min-max scaled",
-                stacklevel=3,
-            )
-        else:
-            warnings.warn(
-                f"image values lie in [{low:.3g}, {high:.3g}], outside [0, 1]: "
-                "shown min-max scaled. Pass the model's normalisation, "
-                "mean=/std= (e.g. mean=(0.485, 0.456, 0.406), std=(0.229, "
-                "0.224, 0.225)) or denormalize=, to show the image as it is",
-                stacklevel=3,
-            )
-        span = high - low
-        array = (array - low) / span if span > 0 else np.zeros_like(array)
-    return np.clip(np.nan_to_num(array, nan=0.0), 0.0, 1.0)
 
 
 def _draw(ax, attribution: Tensor, image: np.ndarray, title: str, sign: str) -> None:
@@ -180,13 +108,13 @@ def visualize_pair(
     columns = 2 + len(support_images)
     fig = Figure(figsize=(3 * columns, 3.4))
     axes = fig.subplots(1, columns)
-    query = _image(query_image, mean, std, denormalize)
+    query = to_display(query_image, mean, std, denormalize, stacklevel=3)
     axes[0].imshow(query)
     axes[0].set_title("query")
     axes[0].axis("off")
     _draw(axes[1], query_map, query, "query map", sign)
     for k, support in enumerate(support_images):
-        image = _image(support, mean, std, denormalize)
+        image = to_display(support, mean, std, denormalize, stacklevel=3)
         if support_maps is None:
             axes[2 + k].imshow(image)
             axes[2 + k].set_title(f"support {k}")
@@ -238,10 +166,10 @@ def compare_methods(
     axes = np.atleast_2d(np.asarray(fig.subplots(rows, columns), dtype=object))
     if columns == 1:
         axes = axes.reshape(rows, 1)
-    query = _image(query_image, mean, std, denormalize)
+    query = to_display(query_image, mean, std, denormalize, stacklevel=3)
     supports = []
     for support in support_images:  # a loop, so warnings point at the caller
-        supports.append(_image(support, mean, std, denormalize))
+        supports.append(to_display(support, mean, std, denormalize, stacklevel=3))
     for row, (name, (query_map, support_maps)) in enumerate(results.items()):
         _draw(axes[row, 0], query_map, query, f"{name}: query", sign)
         axes[row, 0].title.set_fontsize(9)
@@ -320,7 +248,8 @@ def visualize_correspondences(
         keep = (back[best] == np.arange(h * w)).numpy()
     order = [int(c) for c in np.argsort(-best_score.numpy(), kind="stable")]
     chosen = [c for c in order if keep[c]][:matches]
-    query, support = _image(query_image), _image(support_image)
+    query = to_display(query_image, stacklevel=3)
+    support = to_display(support_image, stacklevel=3)
     fig = Figure(figsize=(8, 4.4))
     ax_q, ax_s = fig.subplots(1, 2)
     for ax, image, name in ((ax_q, query, "query"), (ax_s, support, "support")):

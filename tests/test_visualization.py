@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from captum_sfam.images import to_display
 from captum_sfam.visualization import compare_methods, visualize_pair
 
 MEAN = (0.485, 0.456, 0.406)
@@ -150,3 +151,72 @@ def test_normalisation_arguments_are_checked(photo):
         visualize_pair((photo * 255).astype(np.uint8), q_map, [x], mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="expected an image"):
         visualize_pair(torch.rand(2, 3, 8, 8), q_map, [x])
+
+
+def test_to_display_undoes_the_normalisation_in_any_layout(photo):
+    x = _normalise(photo)
+    for image in (x, x[None], x.permute(1, 2, 0), x.numpy()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            shown = to_display(image, MEAN, STD)
+        assert shown.shape == (16, 16, 3) and shown.dtype == np.float64
+        np.testing.assert_allclose(shown, photo, atol=1e-6)
+    # one number for every channel, and a callable instead of mean/std
+    np.testing.assert_allclose(to_display((x * 0 - 1), [0.5], [0.5]), 0.0)
+    np.testing.assert_allclose(to_display(x, denormalize=lambda t: t * 0 + 0.25), 0.25)
+    # integer images are divided by their type's maximum, booleans kept as 0/1
+    deep = (photo * 65535).round().astype(np.uint16)
+    np.testing.assert_allclose(to_display(deep), deep / 65535.0)
+    mask = photo > 0.5
+    np.testing.assert_array_equal(to_display(mask), mask.astype(np.float64))
+    # grey (H, W) and (1, H, W) become three equal channels; alpha is dropped
+    grey = photo[..., 0]
+    expected = np.repeat(grey[..., None], 3, -1)
+    np.testing.assert_allclose(to_display(torch.from_numpy(grey)[None]), expected)
+    rgba = np.concatenate([photo, np.zeros_like(grey)[..., None]], axis=-1)
+    np.testing.assert_allclose(to_display(rgba), photo)
+
+
+def test_to_display_min_maxes_out_of_range_images_and_warns_at_the_caller(photo):
+    x = _normalise(photo)
+    with pytest.warns(UserWarning, match=r"outside \[0, 1\]") as record:
+        shown = to_display(x)
+    assert record[0].filename == __file__
+    low, high = float(x.min()), float(x.max())
+    np.testing.assert_allclose(shown, (x.permute(1, 2, 0).numpy() - low) / (high - low))
+    with pytest.warns(UserWarning, match="check that mean=/std=") as record:
+        to_display(x * 10, MEAN, STD)
+    assert record[0].filename == __file__
+    # within the tolerance of resizing's overshoot: clipped, no warning
+    slightly = torch.from_numpy(photo).permute(2, 0, 1) * 1.04 - 0.02
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shown = to_display(slightly)
+    np.testing.assert_allclose(shown, np.clip(slightly.permute(1, 2, 0).numpy(), 0, 1))
+    # NaN is drawn as 0; a constant out-of-range image is black, not NaN
+    holes = photo.copy()
+    holes[0, 0] = np.nan
+    assert to_display(holes)[0, 0].tolist() == [0.0, 0.0, 0.0]
+    with pytest.warns(UserWarning):
+        assert not to_display(np.full((4, 4, 3), 7.0)).any()
+
+
+def test_visualize_pair_warns_at_its_caller(photo):
+    q_map, _ = _maps()
+    x = _normalise(photo)
+    with pytest.warns(UserWarning, match="outside") as record:
+        visualize_pair(x, q_map, [photo])
+    assert record[0].filename == __file__
+
+
+def test_to_display_checks_its_arguments(photo):
+    with pytest.raises(ValueError, match="either mean=/std= or denormalize="):
+        to_display(photo, MEAN, STD, denormalize=lambda t: t)
+    with pytest.raises(ValueError, match="go together"):
+        to_display(photo, std=STD)
+    with pytest.raises(ValueError, match="integer image"):
+        to_display((photo * 255).astype(np.uint8), MEAN, STD)
+    with pytest.raises(ValueError, match="1 or 3 numbers"):
+        to_display(photo, (0.5, 0.5), (0.5, 0.5))
+    with pytest.raises(ValueError, match="expected an image"):
+        to_display(np.zeros((2, 3, 8, 8)))
