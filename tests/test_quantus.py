@@ -15,7 +15,12 @@ from torch import nn
 
 from captum_sfam.methods import REGISTRY
 from captum_sfam.metrics.quantus import SupportSimilarityModel, explain
-from captum_sfam.similarity import embed, prototypes, similarity_matrix
+from captum_sfam.similarity import (
+    SimilarityTarget,
+    embed,
+    prototypes,
+    similarity_matrix,
+)
 
 quantus = pytest.importorskip("quantus")
 
@@ -123,6 +128,24 @@ def test_model_embeds_the_supports_with_its_current_weights():
     torch.testing.assert_close(twin(x).detach(), expected)
     assert not torch.allclose(twin(x), original)
     torch.testing.assert_close(model(x).detach(), original)
+
+
+def test_model_is_a_similarity_target_on_the_current_prototypes():
+    # the wrapper is a SimilarityTarget whose references are the prototypes:
+    # at construction, then those of the weights of the last call
+    net = TinyCNN().eval()
+    supports = images(3, 2, 3, 16, 16, seed=1)
+    model = SupportSimilarityModel(net, supports, "euclidean")
+    assert isinstance(model, SimilarityTarget) and model.metric == "euclidean"
+    torch.testing.assert_close(model.references, prototypes(net, supports))
+    x = images(2, 3, 16, 16)
+    with torch.no_grad():
+        net.head.weight.mul_(2.0)
+    scores = model(x).detach()
+    current = prototypes(net, supports)
+    torch.testing.assert_close(model.references, current)
+    fixed = SimilarityTarget(net, current, "euclidean")
+    torch.testing.assert_close(scores, fixed(x).detach(), rtol=0, atol=0)
 
 
 def test_model_argument_errors():

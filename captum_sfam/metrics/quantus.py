@@ -38,19 +38,31 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from ..similarity import COSINE_EPS, flatten_embeddings
+from ..similarity import SimilarityTarget
+from ..similarity import prototypes as support_prototypes
 
 
-class SupportSimilarityModel(Module):
+class SupportSimilarityModel(SimilarityTarget):
     r"""Similarities to R supports as the logits of an R-class classifier.
 
-    ``forward(x)`` returns (B, R): the similarity of each input's embedding to
-    the prototype (mean embedding, Eq. 1) of each support's K shots, cosine
-    or negative squared Euclidean distance. The supports are kept as images
-    (a buffer) and embedded again at every call, without a graph, so metrics
-    that randomise or perturb the model's weights (Quantus' MPRT,
-    RandomLogit, model-parameter noise) see supports embedded by the same,
-    changed model. Gradients flow to the inputs only.
+    A :class:`~captum_sfam.SimilarityTarget` whose references are the
+    prototypes (mean embeddings, Eq. 1) of R supports of K shots each, kept as
+    images (a buffer) and embedded again at every call, without a graph:
+
+    .. math::
+        \mathrm{forward}(x)_{b, r} = \mathrm{sim}\big(f(x_b),
+        \tfrac1K \textstyle\sum_k f(S_{r, k})\big),
+
+    with :math:`\mathrm{sim}` the cosine similarity or the negative squared
+    Euclidean distance (:func:`~captum_sfam.similarity.similarity_matrix`).
+    Metrics that randomise or perturb the model's weights (Quantus' MPRT,
+    RandomLogit, model-parameter noise) therefore see supports embedded by the
+    same, changed model; ``references`` holds the prototypes of the last call.
+    Gradients flow to the inputs only.
+
+    The supports are embedded once at construction too (the references
+    :class:`~captum_sfam.SimilarityTarget` checks: finite, non-zero for
+    cosine), in the model's current mode.
 
     The layer to explain is kept by name, so a deep copy of the wrapper (what
     Quantus' randomisation metrics make) explains its own copy of the layer.
@@ -79,28 +91,16 @@ class SupportSimilarityModel(Module):
                         a submodule name or the module itself.
                         Default: None (then :func:`explain` needs ``layer=``)
         """
-        super().__init__()
         if not isinstance(embedding_model, Module):
             raise TypeError("embedding_model must be a torch.nn.Module")
-        if not isinstance(supports, Tensor) or not supports.is_floating_point():
-            raise TypeError("supports must be a floating point Tensor")
-        if supports.dim() == 4:
-            supports = supports.unsqueeze(1)
-        if supports.dim() != 5 or supports.shape[0] == 0 or supports.shape[1] == 0:
-            raise ValueError(
-                f"supports must be (R, K, C, H, W) or (R, C, H, W) with R, K >= 1, "
-                f"got {tuple(supports.shape)}"
-            )
-        if not bool(torch.isfinite(supports).all()):
-            raise ValueError("supports contains NaN or inf values")
+        supports = _supports(supports)
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-        self.embedding_model = embedding_model
-        self.metric = metric
+        name = None if layer is None else _layer_name(embedding_model, layer, "layer")
+        references = support_prototypes(embedding_model, supports)
+        super().__init__(embedding_model, references, metric)
         self.register_buffer("supports", supports.detach().clone())
-        self.layer_name = (
-            None if layer is None else _layer_name(embedding_model, layer, "layer")
-        )
+        self.layer_name = name
 
     @property
     def num_classes(self) -> int:
@@ -109,19 +109,29 @@ class SupportSimilarityModel(Module):
 
     def prototypes(self) -> Tensor:
         """(R, D) mean embedding of each support's shots, without a graph."""
-        classes, shots = self.supports.shape[:2]
-        with torch.no_grad():
-            emb = flatten_embeddings(self.embedding_model(self.supports.flatten(0, 1)))
-        return emb.reshape(classes, shots, -1).mean(dim=1)
+        return support_prototypes(self.embedding_model, self.supports)
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        emb = flatten_embeddings(self.embedding_model(inputs))
-        refs = self.prototypes().to(emb.dtype)
-        if self.metric == "cosine":
-            e = F.normalize(emb, dim=-1, eps=COSINE_EPS)
-            return e @ F.normalize(refs, dim=-1, eps=COSINE_EPS).transpose(0, 1)
-        diff = emb.unsqueeze(1) - refs.unsqueeze(0)
-        return -(diff * diff).sum(dim=-1)
+    def forward(self, inputs: Tensor) -> Tensor:  # type: ignore[override]
+        r"""(B, R) similarities of ``inputs`` (B, C, H, W) to the supports,
+        embedded by the model's current weights."""
+        self.references = self.prototypes()
+        return super().forward(inputs)
+
+
+def _supports(supports: object) -> Tensor:
+    """Checked (R, K, C, H, W) supports from (R, K, C, H, W) or (R, C, H, W)."""
+    if not isinstance(supports, Tensor) or not supports.is_floating_point():
+        raise TypeError("supports must be a floating point Tensor")
+    if supports.dim() == 4:
+        supports = supports.unsqueeze(1)
+    if supports.dim() != 5 or supports.shape[0] == 0 or supports.shape[1] == 0:
+        raise ValueError(
+            f"supports must be (R, K, C, H, W) or (R, C, H, W) with R, K >= 1, "
+            f"got {tuple(supports.shape)}"
+        )
+    if not bool(torch.isfinite(supports).all()):
+        raise ValueError("supports contains NaN or inf values")
+    return supports
 
 
 def _layer_name(model: Module, layer: Union[str, Module], name: str) -> str:
