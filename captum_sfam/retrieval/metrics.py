@@ -15,7 +15,7 @@ from the ranked labels:
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Iterable, Sequence, Tuple
 
 #: Recall@r reported for every r <= the number of neighbours searched
 RECALL_AT = (1, 5)
@@ -51,6 +51,34 @@ def query_metrics(hits: Sequence[bool], relevant: int, k: int) -> Dict[str, floa
     return metrics
 
 
+def mean_query_metrics(
+    per_query: Iterable[Dict[str, float]],
+) -> Tuple[Dict[str, float], int]:
+    r"""The mean of each metric over queries, AP@K reported as mAP@K.
+
+    Args:
+        per_query (Iterable[dict[str, float]]): the :func:`query_metrics` of
+                    each query that has a relevant gallery item (queries
+                    without one are left out of the means), all with the same
+                    names; read once, in order.
+
+    Returns:
+        *tuple[dict[str, float], int]* of **(means, count)**: the mean of each
+        metric (``ap@K`` named ``map@K``), empty when ``per_query`` is, and
+        the number of queries averaged.
+    """
+    totals: Dict[str, float] = {}
+    counted = 0
+    for metrics in per_query:
+        counted += 1
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value
+    means = {
+        name.replace("ap@", "map@"): value / counted for name, value in totals.items()
+    }
+    return means, counted
+
+
 def mean_retrieval_metrics(
     ranked_labels: Sequence[Sequence[object]],
     query_labels: Sequence[object],
@@ -73,16 +101,9 @@ def mean_retrieval_metrics(
     counts: Dict[object, int] = {}
     for label in gallery_labels:
         counts[label] = counts.get(label, 0) + 1
-    totals: Dict[str, float] = {}
-    counted = 0
-    for ranked, label in zip(ranked_labels, query_labels):
-        relevant = counts.get(label, 0)
-        if not relevant:
-            continue
-        counted += 1
-        hits = [item == label for item in ranked]
-        for name, value in query_metrics(hits, relevant, len(hits)).items():
-            totals[name] = totals.get(name, 0.0) + value
-    return {
-        name.replace("ap@", "map@"): value / counted for name, value in totals.items()
-    }
+    per_query = (
+        query_metrics([item == label for item in ranked], counts[label], len(ranked))
+        for ranked, label in zip(ranked_labels, query_labels)
+        if counts.get(label, 0)
+    )
+    return mean_query_metrics(per_query)[0]
