@@ -2,13 +2,14 @@ r"""Pair metrics: specificity to the support, deletion/insertion of the similari
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..similarity import embed, paired_similarity, prototypes
 from .localization import Box, _map2d
 
 
@@ -36,10 +37,8 @@ def pair_specificity(
     distributions, in [0, 1]: how much the map moves when the support is
     swapped (0 for a pair-agnostic map).
     """
-    ma, mb = (
-        _map2d(map_for_a, "map_for_a").clamp(min=0),
-        _map2d(map_for_b, "map_for_b").clamp(min=0),
-    )
+    ma = _map2d(map_for_a, "map_for_a").clamp(min=0)
+    mb = _map2d(map_for_b, "map_for_b").clamp(min=0)
     if ma.shape != mb.shape:
         raise ValueError("map_for_a and map_for_b must have the same shape")
 
@@ -59,13 +58,6 @@ def pair_specificity(
         "share_b": spec_b,
         "shift": shift,
     }
-
-
-def _auc(curve: Tensor) -> float:
-    """Trapezoid area under a curve sampled evenly on [0, 1]."""
-    if curve.numel() < 2:
-        return float(curve.sum())
-    return float(torch.trapezoid(curve, dx=1.0 / (curve.numel() - 1)))
 
 
 PairScore = Callable[[Tensor, Tensor], Tensor]
@@ -88,48 +80,42 @@ def pair_similarity_fn(
         (B, K, C, H', W') -> (B,) similarities of each query to the mean
         embedding of its K shots (Eq. 1), computed without a graph.
     """
-    from ..similarity import embed, paired_similarity
-
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
 
     def pair_score(queries: Tensor, supports: Tensor) -> Tensor:
-        shots = supports.shape[1]
-        proto = embed(model, supports.flatten(0, 1))
-        proto = proto.reshape(supports.shape[0], shots, -1).mean(dim=1)
-        return paired_similarity(embed(model, queries), proto, metric)
+        embeddings = embed(model, queries)
+        return paired_similarity(embeddings, prototypes(model, supports), metric)
 
     return pair_score
 
 
-def _image(x: Tensor, name: str) -> Tensor:
-    """(C, H, W) or (1, C, H, W) -> (1, C, H, W), checked."""
+def _images(x: Tensor, name: str, shots: bool) -> Tensor:
+    """One image (C, H, W) or (1, C, H, W) -> (1, C, H, W); with ``shots``
+    also K shots (K, C, H, W) or (1, K, C, H, W) -> (K, C, H, W). Checked."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"{name} must be a floating point Tensor")
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[0] != 1 or x.shape[-2:].numel() == 0:
-        raise ValueError(f"{name} must be one (C, H, W) image, got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
-    return x
-
-
-def _shots(x: Tensor, name: str) -> Tensor:
-    """(C, H, W), (K, C, H, W) or (1, K, C, H, W) -> (K, C, H, W), checked."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating point Tensor")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() == 5 and x.shape[0] == 1:
+    if shots and x.dim() == 5 and x.shape[0] == 1:
         x = x[0]
-    if x.dim() != 4 or x.shape[0] == 0 or x.shape[-2:].numel() == 0:
-        raise ValueError(
-            f"{name} must be (C, H, W) or K shots (K, C, H, W), got {tuple(x.shape)}"
-        )
+    count = x.shape[0] if x.dim() == 4 else -1
+    if count < 1 or (count > 1 and not shots) or x.shape[-2:].numel() == 0:
+        want = "(C, H, W) or K shots (K, C, H, W)" if shots else "one (C, H, W) image"
+        raise ValueError(f"{name} must be {want}, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return x
+
+
+def _pair_inputs(
+    pair_score: PairScore, query: Tensor, **supports: Tensor
+) -> List[Tensor]:
+    """The checked query (1, C, H, W), then each support (K, C, H', W')."""
+    if not callable(pair_score):
+        raise TypeError("pair_score must be callable")
+    checked = [_images(query, "query", shots=False)]
+    return checked + [_images(x, name, shots=True) for name, x in supports.items()]
 
 
 def _maps(saliency: Tensor, images: Tensor, name: str) -> Tensor:
@@ -176,18 +162,22 @@ class _Track:
 
 def _curves(
     score: Callable[..., Tensor],
-    tracks: List[_Track],
+    ordered: Sequence[Tuple[Tensor, Tensor, str]],
     steps: int,
     substrate: str,
     blur_sigma: float,
     batch_size: int,
 ) -> Dict[str, object]:
-    r"""Deletion and insertion curves of ``score`` over all tracks at once.
+    r"""Deletion and insertion curves of ``score`` over all images at once.
 
-    At step t every track has its first :math:`t\lceil HW/steps\rceil` pixels
-    (its own H, W) deleted (or inserted); ``score(*frames)`` takes one
-    (S, N_i, C, H_i, W_i) tensor per track and returns (S,) scores.
+    Each ``(images, saliency, name)`` of ``ordered`` is one track: at step t
+    its images have their first :math:`t\lceil HW/steps\rceil` pixels (their
+    own H, W) by decreasing saliency deleted (or inserted). The first track is
+    one query image: ``score(queries, *others)`` takes its frames
+    (S, C, H, W), then one (S, N_i, C, H_i, W_i) tensor per further track, and
+    returns (S,) scores.
     """
+    tracks = [_Track(x, _maps(m, x, name), max(steps, 1)) for x, m, name in ordered]
     if substrate not in SUBSTRATES:
         raise ValueError(f"substrate must be 'zeros' or 'blur', got {substrate!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -207,15 +197,14 @@ def _curves(
                 for t, b, f in zip(tracks, bases, fills)
             ]
             with torch.no_grad():
-                out = score(*frames)
+                out = score(frames[0][:, 0], *frames[1:])
             if not isinstance(out, Tensor) or tuple(out.shape) != (len(chunk),):
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out)
                 raise ValueError(
                     f"the score function must return one score per image, "
                     f"({len(chunk)},), got {got}"
                 )
-            out = out.detach().cpu()
-            out = out.to(torch.promote_types(out.dtype, torch.float32))
+            out = out.detach().cpu().to(torch.promote_types(out.dtype, torch.float32))
             if not bool(torch.isfinite(out).all()):
                 raise ValueError("the score function returned NaN or inf values")
             scores.append(out)
@@ -224,12 +213,21 @@ def _curves(
     images = [t.images for t in tracks]
     deletion = curve(images, deletion_fill)
     insertion = curve(blurred, images)
-    return {
-        "deletion_auc": _auc(deletion),
-        "insertion_auc": _auc(insertion),
+    return {  # trapezoid areas, the steps + 1 scores evenly on [0, 1]
+        "deletion_auc": float(torch.trapezoid(deletion, dx=1.0 / steps)),
+        "insertion_auc": float(torch.trapezoid(insertion, dx=1.0 / steps)),
         "deletion_curve": deletion,
         "insertion_curve": insertion,
     }
+
+
+def _against(pair_score: PairScore, support: Tensor) -> Callable[[Tensor], Tensor]:
+    """Queries (S, C, H, W) -> (S,) pair scores against the whole ``support``."""
+
+    def score(queries: Tensor) -> Tensor:
+        return pair_score(queries, support.expand(queries.shape[0], *support.shape))
+
+    return score
 
 
 def deletion_insertion(
@@ -266,11 +264,8 @@ def deletion_insertion(
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be callable")
-    x = _image(image, "image")
-    track = _Track(x, _maps(saliency, x, "saliency"), steps if steps >= 1 else 1)
-    return _curves(
-        lambda q: score_fn(q[:, 0]), [track], steps, substrate, blur_sigma, batch_size
-    )
+    ordered = [(_images(image, "image", shots=False), saliency, "saliency")]
+    return _curves(score_fn, ordered, steps, substrate, blur_sigma, batch_size)
 
 
 def conditional_deletion_insertion(
@@ -304,15 +299,10 @@ def conditional_deletion_insertion(
         (higher is better) and the two curves (``steps + 1`` scores, float32
         or wider).
     """
-    if not callable(pair_score):
-        raise TypeError("pair_score must be callable")
-    q, s = _image(query, "query"), _shots(support, "support")
-    track = _Track(q, _maps(query_saliency, q, "query_saliency"), max(steps, 1))
-
-    def score(frames: Tensor) -> Tensor:
-        return pair_score(frames[:, 0], s.expand(frames.shape[0], *s.shape))
-
-    return _curves(score, [track], steps, substrate, blur_sigma, batch_size)
+    q, s = _pair_inputs(pair_score, query, support=support)
+    ordered = [(q, query_saliency, "query_saliency")]
+    score = _against(pair_score, s)
+    return _curves(score, ordered, steps, substrate, blur_sigma, batch_size)
 
 
 def simultaneous_deletion_insertion(
@@ -334,10 +324,8 @@ def simultaneous_deletion_insertion(
     (what the two images have in common should go first).
 
     Args:
-        pair_score (Callable): queries (B, C, H, W), supports (B, K, C, H', W')
-                    -> (B,) pair scores, e.g. :func:`pair_similarity_fn`.
-        query (Tensor): (C, H, W) or (1, C, H, W).
-        support (Tensor): (C, H', W'), or K shots (K, C, H', W').
+        pair_score, query, support: as in
+                    :func:`conditional_deletion_insertion`.
         query_saliency (Tensor): (H, W) map of the query.
         support_saliency (Tensor): (H', W') map of a one-shot support, or
                     (K, H', W'), one map per shot.
@@ -345,26 +333,13 @@ def simultaneous_deletion_insertion(
                     :func:`deletion_insertion`.
 
     Returns:
-        dict with ``deletion_auc`` (lower is better), ``insertion_auc``
-        (higher is better) and the two curves (``steps + 1`` scores, float32
-        or wider).
+        dict as :func:`conditional_deletion_insertion`'s: the AUCs and the
+        curves of :math:`s(q_t, S_t)`.
     """
-    if not callable(pair_score):
-        raise TypeError("pair_score must be callable")
-    q, s = _image(query, "query"), _shots(support, "support")
-    n = max(steps, 1)
-    tracks = [
-        _Track(q, _maps(query_saliency, q, "query_saliency"), n),
-        _Track(s, _maps(support_saliency, s, "support_saliency"), n),
-    ]
-    return _curves(
-        lambda qf, sf: pair_score(qf[:, 0], sf),
-        tracks,
-        steps,
-        substrate,
-        blur_sigma,
-        batch_size,
-    )
+    q, s = _pair_inputs(pair_score, query, support=support)
+    ordered = [(q, query_saliency, "query_saliency")]
+    ordered.append((s, support_saliency, "support_saliency"))
+    return _curves(pair_score, ordered, steps, substrate, blur_sigma, batch_size)
 
 
 def contrastive_deletion_insertion(
@@ -390,9 +365,7 @@ def contrastive_deletion_insertion(
     margin little.
 
     Args:
-        pair_score (Callable): queries (B, C, H, W), supports (B, K, C, H', W')
-                    -> (B,) pair scores, e.g. :func:`pair_similarity_fn`.
-        query (Tensor): (C, H, W) or (1, C, H, W).
+        pair_score, query: as in :func:`conditional_deletion_insertion`.
         support (Tensor): (C, H', W') or (K, C, H', W'), the support explained.
         contrast (Tensor): (C, H'', W'') or (K', C, H'', W''), the alternative.
         saliency (Tensor): (H, W) map of the query (a contrastive map).
@@ -400,38 +373,28 @@ def contrastive_deletion_insertion(
                     :func:`deletion_insertion`.
 
     Returns:
-        dict with ``deletion_auc`` (lower is better), ``insertion_auc``
-        (higher is better) and the two margin curves (``steps + 1`` scores,
-        float32 or wider).
+        dict as :func:`conditional_deletion_insertion`'s, of the margin.
     """
-    if not callable(pair_score):
-        raise TypeError("pair_score must be callable")
-    q = _image(query, "query")
-    s, c = _shots(support, "support"), _shots(contrast, "contrast")
-    track = _Track(q, _maps(saliency, q, "saliency"), max(steps, 1))
+    q, s, c = _pair_inputs(pair_score, query, support=support, contrast=contrast)
+    for_support, for_contrast = _against(pair_score, s), _against(pair_score, c)
 
-    def score(frames: Tensor) -> Tensor:
-        queries, count = frames[:, 0], frames.shape[0]
-        return pair_score(queries, s.expand(count, *s.shape)) - pair_score(
-            queries, c.expand(count, *c.shape)
-        )
+    def margin(queries: Tensor) -> Tensor:
+        return for_support(queries) - for_contrast(queries)
 
-    return _curves(score, [track], steps, substrate, blur_sigma, batch_size)
+    ordered = [(q, saliency, "saliency")]
+    return _curves(margin, ordered, steps, substrate, blur_sigma, batch_size)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images: radius max(1, int(3 sigma)),
+    edge pixels repeated; ``sigma <= 0`` copies."""
     if sigma <= 0:
         return x.clone()
-    radius = max(1, int(3 * sigma))
+    radius, channels = max(1, int(3 * sigma)), x.shape[1]
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    kx = kernel.reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    ky = kernel.reshape(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    out = F.conv2d(
-        F.pad(x, (radius, radius, 0, 0), mode="replicate"), kx, groups=channels
-    )
-    return F.conv2d(
-        F.pad(out, (0, 0, radius, radius), mode="replicate"), ky, groups=channels
-    )
+    kx = (kernel / kernel.sum()).reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    rows = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(rows, kx, groups=channels)
+    columns = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(columns, kx.transpose(2, 3), groups=channels)
