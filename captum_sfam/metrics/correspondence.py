@@ -253,6 +253,25 @@ def correspondence_pck(
     Returns:
         *float* in [0, 1], or a float64 *Tensor* (B,) for ``reduction="none"``.
     """
+    scores, true_cells = _batched(scores, true_cells)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise ValueError(f"tolerance must be an int >= 0, got {tolerance!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    cells = _shot_cells(true_cells, scores)
+    valid = (cells >= 0).all(dim=-1)  # (B, h, w)
+    per_pair = valid.flatten(1).sum(dim=1)
+    if bool((per_pair == 0).any()):
+        raise ValueError("true_cells marks no query cell with a correspondence")
+    credit = _shared_credit(scores, cells, tolerance)
+    credit = torch.where(valid, credit, torch.zeros_like(credit)).flatten(1)
+    if reduction == "none":
+        return (credit.sum(1) / per_pair.double()).cpu()
+    return float(credit.sum() / per_pair.sum())
+
+
+def _batched(scores: Tensor, true_cells: Tensor) -> Tuple[Tensor, Tensor]:
+    """Checked (B, h, w, K, h', w') scores; (h, w, h', w') gets B = K = 1."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError("scores must be a floating point Tensor")
     if not isinstance(true_cells, Tensor):
@@ -267,10 +286,14 @@ def correspondence_pck(
         )
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("scores contains NaN or inf values")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance must be an int >= 0, got {tolerance!r}")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return scores, true_cells
+
+
+def _shot_cells(true_cells: Tensor, scores: Tensor) -> Tensor:
+    """Checked (B, h, w, 3) int64 (k, y', x') cells for ``scores``
+    (B, h, w, K, h', w'), on their device, from (k, y', x') or, for K = 1,
+    (y', x'); a query cell without a correspondence is negative in every
+    entry."""
     batch, h, w, shots, hs, ws = scores.shape
     if (
         true_cells.is_floating_point()
@@ -278,13 +301,11 @@ def correspondence_pck(
         or (true_cells.dtype == torch.bool)
     ):
         raise ValueError(f"true_cells must hold integers, got {true_cells.dtype}")
-    if tuple(true_cells.shape[:-1]) != (batch, h, w) or true_cells.shape[-1] not in (
-        2,
-        3,
-    ):
+    found = tuple(true_cells.shape)
+    if found[:-1] != (batch, h, w) or found[-1] not in (2, 3):
         raise ValueError(
             f"true_cells must be {(batch, h, w)} + (2,) or (3,) to match scores "
-            f"{tuple(scores.shape)}, got {tuple(true_cells.shape)}"
+            f"{tuple(scores.shape)}, got {found}"
         )
     cells = true_cells.to(device=scores.device, dtype=torch.long)
     if cells.shape[-1] == 2:
@@ -294,17 +315,20 @@ def correspondence_pck(
                 f"K = {shots} shots"
             )
         cells = torch.cat([torch.where(cells[..., :1] < 0, -1, 0), cells], dim=-1)
-    valid = (cells >= 0).all(dim=-1)  # (B, h, w)
-    top = torch.tensor([shots, hs, ws], device=cells.device)
-    if bool((cells[valid] >= top).any()):
+    valid = (cells >= 0).all(dim=-1)
+    if bool((cells[valid] >= torch.tensor([shots, hs, ws], device=cells.device)).any()):
         raise ValueError(
             f"true_cells holds cells outside the support grid (K, h', w') = "
             f"{(shots, hs, ws)}"
         )
-    per_pair = valid.flatten(1).sum(dim=1)
-    if bool((per_pair == 0).any()):
-        raise ValueError("true_cells marks no query cell with a correspondence")
+    return cells
 
+
+def _shared_credit(scores: Tensor, cells: Tensor, tolerance: int) -> Tensor:
+    r"""(B, h, w) float64 credit of each query cell: n/m when its maximum is
+    reached at m support cells, n of them in the true shot within
+    ``tolerance`` cells (Chebyshev) of the true cell (k, y', x') of ``cells``."""
+    batch, h, w, shots, hs, ws = scores.shape
     flat = scores.reshape(batch, h, w, -1)
     best = flat == flat.amax(dim=-1, keepdim=True)  # (B, h, w, K h' w')
     k = torch.arange(shots, device=scores.device).view(shots, 1, 1)
@@ -317,8 +341,4 @@ def correspondence_pck(
     correct = (
         (near(k, 0) == 0) & (near(y, 1) <= tolerance) & (near(x, 2) <= tolerance)
     ).flatten(-3)
-    credit = (best & correct).sum(-1).double() / best.sum(-1).double()
-    credit = torch.where(valid, credit, torch.zeros_like(credit)).flatten(1)
-    if reduction == "none":
-        return (credit.sum(1) / per_pair.double()).cpu()
-    return float(credit.sum() / per_pair.sum())
+    return (best & correct).sum(-1).double() / best.sum(-1).double()
