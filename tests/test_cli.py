@@ -200,7 +200,8 @@ def _similarity(printed: str) -> float:
 
 
 def _embed(model, paths, size=32):
-    from captum_sfam.app.loading import IMAGENET_MEAN, IMAGENET_STD, load_image
+    from captum_sfam.app.files import load_image
+    from captum_sfam.app.models import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -251,7 +252,7 @@ def test_explain_with_a_factory_keeps_the_head_and_loads_the_checkpoint(
     expected = -float(((q - s) ** 2).sum())
     assert _similarity(printed) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     # the figure shows the images as they are, not the normalised input
-    from captum_sfam.app.loading import load_image
+    from captum_sfam.app.files import load_image
 
     shown = np.asarray(figures[0].axes[0].get_images()[0].get_array())
     as_read = load_image(small_images["a"], 32).permute(1, 2, 0).numpy()

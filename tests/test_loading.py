@@ -1,4 +1,4 @@
-"""captum_sfam.app.loading: images of every mode, checkpoints, factories."""
+"""captum_sfam.app's loaders: images of every mode, checkpoints, factories."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captum_sfam.app import loading
-from captum_sfam.app.loading import (
-    CLIError,
-    Loaded,
-    add_model_arguments,
-    find_images,
-    load_image,
-    model_from_args,
-)
+from captum_sfam.app import checkpoints, models
+from captum_sfam.app.args import add_model_arguments
+from captum_sfam.app.errors import CLIError
+from captum_sfam.app.files import find_images, load_image
+from captum_sfam.app.methods import Loaded, model_from_args
 from captum_sfam.methods import REGISTRY
 
 FACTORY_SOURCE = """
@@ -202,6 +198,38 @@ def test_image_errors_are_cli_errors(tmp_path):
             load_image(tmp_path / "ok.png", size)
 
 
+def test_the_package_reader_raises_plain_errors_the_app_words_the_same(
+    tmp_path, monkeypatch
+):
+    import importlib.util
+
+    from captum_sfam import images
+
+    (tmp_path / "bad.png").write_text("not an image")
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    cases = [
+        (tmp_path / "missing.png", 8, FileNotFoundError, "no such image file"),
+        (tmp_path / "bad.png", 8, ValueError, "cannot read image .*bad.png: "),
+        (tmp_path / "ok.png", True, ValueError, "positive whole number"),
+    ]
+    for path, size, kind, message in cases:
+        with pytest.raises(kind, match=message) as plain:
+            images.load_image(path, size)
+        with pytest.raises(CLIError) as worded:
+            load_image(path, size)
+        assert str(worded.value) == str(plain.value) and "\n" not in str(plain.value)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "PIL" else real(name, *a, **k),
+    )
+    with pytest.raises(ImportError, match=r"pillow .*captum-sfam\[demo\]"):
+        images.load_image(tmp_path / "ok.png", 8)
+    with pytest.raises(CLIError, match=r"pillow .*captum-sfam\[demo\]"):
+        load_image(tmp_path / "ok.png", 8)
+
+
 def test_find_images_is_recursive_sorted_and_filters_extensions(tmp_path):
     for name in ("b.png", "a.JPG", "sub/c.jpeg", "sub/deeper/d.webp", "sub/e.TIF"):
         path = tmp_path / name
@@ -254,7 +282,7 @@ def test_nested_and_prefixed_state_dicts_load(tmp_path, wrap):
         nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)),
     )
     torch.save(wrap(source.state_dict()), tmp_path / "w.pt")
-    loading.load_weights(target, tmp_path / "w.pt", "tiny")
+    checkpoints.load_weights(target, tmp_path / "w.pt", "tiny")
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value)
 
@@ -264,7 +292,7 @@ def test_a_mismatch_names_the_missing_and_unexpected_keys_in_one_line(tmp_path):
     state["2.bias_renamed"] = state.pop("2.bias")
     torch.save(state, tmp_path / "w.pt")
     with pytest.raises(CLIError) as info:
-        loading.load_weights(_tiny(), tmp_path / "w.pt", "tiny")
+        checkpoints.load_weights(_tiny(), tmp_path / "w.pt", "tiny")
     message = str(info.value)
     assert "does not fit tiny" in message and "\n" not in message
     assert "missing keys: 2.bias" in message
@@ -275,7 +303,7 @@ def test_a_long_mismatch_is_shortened_and_shapes_are_reported(tmp_path):
     state = {f"extra.{i}.weight": torch.zeros(1) for i in range(40)}
     torch.save({**_tiny().state_dict(), **state}, tmp_path / "w.pt")
     with pytest.raises(CLIError) as info:
-        loading.load_weights(_tiny(), tmp_path / "w.pt", "tiny")
+        checkpoints.load_weights(_tiny(), tmp_path / "w.pt", "tiny")
     message = str(info.value)
     assert "extra.0.weight" in message and "(34 more)" in message
     assert "extra.39.weight" not in message and len(message) < 400
@@ -285,29 +313,29 @@ def test_a_long_mismatch_is_shortened_and_shapes_are_reported(tmp_path):
     with pytest.raises(
         CLIError, match=r"shape mismatch .*0\.weight \(5, 3, 3, 3\) vs \(4, 3, 3, 3\)"
     ):
-        loading.load_weights(_tiny(), tmp_path / "shape.pt", "tiny")
+        checkpoints.load_weights(_tiny(), tmp_path / "shape.pt", "tiny")
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch deprecates TorchScript
 def test_whole_pickled_models_torchscript_and_other_files(tmp_path):
     torch.save(_tiny(), tmp_path / "whole.pt")
     with pytest.raises(CLIError, match=r"pickled .*torch\.nn\.modules.*state_dict\(\)"):
-        loading.read_state_dict(tmp_path / "whole.pt")
+        checkpoints.read_state_dict(tmp_path / "whole.pt")
     scripted = torch.jit.trace(_tiny(), torch.rand(1, 3, 8, 8))
     torch.jit.save(scripted, tmp_path / "scripted.pt")
     with pytest.raises(CLIError, match="TorchScript model"):
-        loading.read_state_dict(tmp_path / "scripted.pt")
+        checkpoints.read_state_dict(tmp_path / "scripted.pt")
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     with pytest.raises(CLIError, match="not a state dict"):
-        loading.read_state_dict(tmp_path / "tensor.pt")
+        checkpoints.read_state_dict(tmp_path / "tensor.pt")
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pt")
     with pytest.raises(CLIError, match="state dict was not found"):
-        loading.read_state_dict(tmp_path / "meta.pt")
+        checkpoints.read_state_dict(tmp_path / "meta.pt")
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(CLIError, match="cannot read weights"):
-        loading.read_state_dict(tmp_path / "junk.pt")
+        checkpoints.read_state_dict(tmp_path / "junk.pt")
     with pytest.raises(CLIError, match="no such weights file"):
-        loading.read_state_dict(tmp_path / "absent.pt")
+        checkpoints.read_state_dict(tmp_path / "absent.pt")
 
 
 # ---------------------------------------------------------- factories -------
@@ -317,12 +345,12 @@ def _check_factory_model(model):
 
 
 def test_factory_from_a_file(factory_file):
-    model = loading.load_factory(f"{factory_file}:build")
+    model = models.load_factory(f"{factory_file}:build")
     _check_factory_model(model)
 
 
 def test_factory_from_a_package_on_sys_path(factory_package):
-    model = loading.load_factory(f"{factory_package}:build")
+    model = models.load_factory(f"{factory_package}:build")
     _check_factory_model(model)
 
 
@@ -338,18 +366,18 @@ def test_factory_from_a_package_on_sys_path(factory_package):
 def test_factory_errors(factory_file, factory_package, suffix, message):
     for target in (str(factory_file), factory_package):
         with pytest.raises(CLIError, match=message):
-            loading.load_factory(target + suffix)
+            models.load_factory(target + suffix)
 
 
 def test_factory_import_errors(tmp_path):
     with pytest.raises(CLIError, match="no such file"):
-        loading.load_factory(f"{tmp_path / 'absent.py'}:build")
+        models.load_factory(f"{tmp_path / 'absent.py'}:build")
     with pytest.raises(CLIError, match="no module named 'no_such_pkg_xyz'"):
-        loading.load_factory("no_such_pkg_xyz.models:build")
+        models.load_factory("no_such_pkg_xyz.models:build")
     (tmp_path / "syntax.py").write_text("def build(:\n")
     with pytest.raises(CLIError, match="raised SyntaxError"):
-        loading.load_factory(f"{tmp_path / 'syntax.py'}:build")
-    assert loading.is_factory("pkg.mod:fn") and not loading.is_factory("resnet18")
+        models.load_factory(f"{tmp_path / 'syntax.py'}:build")
+    assert models.is_factory("pkg.mod:fn") and not models.is_factory("resnet18")
 
 
 # ------------------------------------------------- model_from_args ---------
@@ -393,7 +421,7 @@ def test_model_from_args_with_a_factory_checkpoint_and_preprocess(
     assert loaded.layer is loaded.model.features[0]
     assert isinstance(loaded.method, REGISTRY["simgradcam"].cls)
     assert loaded.metric == "euclidean"
-    assert loaded.mean == loading.IMAGENET_MEAN and loaded.std == loading.IMAGENET_STD
+    assert loaded.mean == models.IMAGENET_MEAN and loaded.std == models.IMAGENET_STD
     x = loaded.preprocess(tmp_path / "img.png")
     raw = load_image(tmp_path / "img.png", 16)
     mean = torch.tensor(loaded.mean).view(3, 1, 1)
@@ -418,7 +446,7 @@ def test_mean_and_std_options_and_timm_style_config(factory_file, tmp_path):
     assert loaded.mean == (0.5, 0.5, 0.5) and loaded.std == (0.2, 0.3, 0.4)
     model = nn.Linear(2, 2)
     model.pretrained_cfg = {"mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
-    assert loading._model_normalisation(model) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert models._model_normalisation(model) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
 
 
 def test_model_from_args_with_torchvision_drops_only_the_classifier(tmp_path, capsys):
@@ -487,4 +515,4 @@ def test_cli_reexports_the_loading_names():
     from captum_sfam.app import cli
 
     assert cli.CLIError is CLIError and cli.model_from_args is model_from_args
-    assert cli.load_model is loading.load_model
+    assert cli.load_model is models.load_model

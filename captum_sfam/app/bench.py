@@ -53,9 +53,8 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.correspondence import READINGS
-from ..demo.pretrained import _require
-from ..methods import REGISTRY, PairAttribution, supports_contrast
+from .._optional import require_extra
+from ..methods import READINGS, REGISTRY, PairAttribution, supports_contrast
 from ..metrics import (
     box_from_map,
     box_iou,
@@ -247,7 +246,7 @@ def evaluate(
     "(contrast)" rows explain it against the support relative to the contrast
     (on scenes: A against B, and B against A).
     """
-    _require("tqdm", "tqdm")
+    require_extra("tqdm", "tqdm")
     from tqdm.auto import tqdm
 
     plain = explainers(model, layer, metric, ig_steps)

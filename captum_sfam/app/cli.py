@@ -7,7 +7,10 @@ captum-sfam explain QUERY SUPPORT [SUPPORT ...]
                     [--metric cosine|euclidean] [--size PIXELS]
                     [--mean M] [--std S] [--out FIG.png|.pdf|.svg|...]
 
-Models, checkpoints and images are loaded by :mod:`captum_sfam.app.loading`.
+The model options are added by :mod:`captum_sfam.app.args` and read by
+:mod:`captum_sfam.app.methods` (models: :mod:`~captum_sfam.app.models`,
+checkpoints: :mod:`~captum_sfam.app.checkpoints`, image files:
+:mod:`~captum_sfam.app.files`).
 Every error is one line on stderr and exit code 2: :class:`CLIError` raised
 anywhere, and argparse's own errors (:class:`ArgumentParser` turns them into
 :class:`CLIError`).
@@ -28,15 +31,10 @@ from torch.nn import Module
 from ..methods import REGISTRY
 from ..methods.sfam import LayerSFAM, weight_spread
 from ..similarity import embed, paired_similarity, prototypes
-from .loading import (
-    CLIError,
-    add_model_arguments,
-    build_method,
-    embedding_key,
-    load_model,
-    model_from_args,
-    resolve_layer,
-)
+from .args import add_model_arguments, embedding_key
+from .errors import CLIError
+from .methods import build_method, model_from_args
+from .models import load_model, resolve_layer
 
 #: matplotlib's figure formats (``--out`` extensions), without the dot
 FIGURE_FORMATS = (
@@ -163,73 +161,86 @@ def _half_share(query_map: Tensor, left: bool) -> float:
     return float(half.sum()) / total if total > 0 else 0.5
 
 
-def demo(args: argparse.Namespace) -> int:
+#: the demo's pairs: name, query photo, support photos
+DEMO_PAIRS = (
+    ("cat_two_views", "cat", ["cat_view_2"]),
+    ("same_motorcycle", "motorcycle_left", ["motorcycle_right"]),
+    ("composite_vs_cat", "cat|coffee", ["cat_view_2"]),
+    ("composite_vs_coffee", "cat|coffee", ["coffee"]),
+)
+#: the first lines of the demo's summary
+DEMO_PREAMBLE = (
+    "captum-sfam demo: ImageNet EfficientNet-Lite0 (offline), layer bn2 "
+    "(1280 x 7 x 7), cosine similarity of the 1280-d pooled features.",
+    "Photos from scikit-image; 'cat_view_2' is a mirrored, zoomed crop of "
+    "the cat photo; 'cat|coffee' is a composite of the cat photo (left) and "
+    "the coffee photo (right), so the coffee support is the same photo.",
+    "",
+)
+
+
+def _demo_inputs() -> Tuple[Module, Dict[str, Tensor]]:
+    """The offline model and the demo photos as its inputs, by name."""
     from ..demo.pretrained import (
         efficientnet_lite0,
         preprocess,
         sample_images,
         side_by_side,
-        to_display,
     )
-    from ..visualization import compare_methods, visualize_pair
 
-    start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         model = efficientnet_lite0(embedding=True)
         photos = sample_images()
     except ImportError as error:
         raise CLIError(str(error)) from error
-    layer = model.bn2
     x = {name: preprocess(img) for name, img in photos.items()}
     composite, _ = side_by_side(photos["cat"], photos["coffee"])
     x["cat|coffee"] = preprocess(composite)
-    pairs = [
-        ("cat_two_views", "cat", ["cat_view_2"]),
-        ("same_motorcycle", "motorcycle_left", ["motorcycle_right"]),
-        ("composite_vs_cat", "cat|coffee", ["cat_view_2"]),
-        ("composite_vs_coffee", "cat|coffee", ["coffee"]),
-    ]
-    summary = [
-        "captum-sfam demo: ImageNet EfficientNet-Lite0 (offline), layer bn2 "
-        "(1280 x 7 x 7), cosine similarity of the 1280-d pooled features.",
-        "Photos from scikit-image; 'cat_view_2' is a mirrored, zoomed crop of "
-        "the cat photo; 'cat|coffee' is a composite of the cat photo (left) and "
-        "the coffee photo (right), so the coffee support is the same photo.",
-        "",
-    ]
-    for pair_name, query_name, support_names in pairs:
-        query = x[query_name]
-        support = torch.cat([x[n] for n in support_names])
-        results, lines, sim = _pair_summary(pair_name, model, layer, query, support)
-        summary += lines
-        images = [to_display(s) for s in support]
-        q_map, s_maps = results["SFAM"]
-        visualize_pair(
-            to_display(query),
-            q_map,
-            images,
-            s_maps,
-            method="SFAM",
-            similarity=sim,
-            path=out / f"{pair_name}_sfam.png",
+    return model, x
+
+
+def _demo_pair(
+    out: Path, model: Module, x: Dict[str, Tensor], pair: Tuple[str, str, List[str]]
+) -> List[str]:
+    """One demo pair's two figures in ``out``; returns its summary lines."""
+    from ..demo.pretrained import MEAN, STD
+    from ..visualization import compare_methods, visualize_pair
+
+    pair_name, query_name, support_names = pair
+    query = x[query_name]
+    support = torch.cat([x[n] for n in support_names])
+    results, lines, sim = _pair_summary(pair_name, model, model.bn2, query, support)
+    q_map, s_maps = results["SFAM"]
+    shown = {"mean": MEAN, "std": STD}
+    visualize_pair(
+        query, q_map, list(support), s_maps, method="SFAM", similarity=sim,
+        path=out / f"{pair_name}_sfam.png", **shown,
+    )  # fmt: skip
+    compare_methods(
+        query, list(support), results,
+        title=f"{query_name} vs {', '.join(support_names)}",
+        path=out / f"{pair_name}_methods.png", **shown,
+    )  # fmt: skip
+    if query_name == "cat|coffee":
+        left = "cat" in pair_name
+        shares = ", ".join(
+            f"{label} {_half_share(maps[0], left):.0%}"
+            for label, maps in results.items()
         )
-        compare_methods(
-            to_display(query),
-            images,
-            results,
-            title=f"{query_name} vs {', '.join(support_names)}",
-            path=out / f"{pair_name}_methods.png",
-        )
-        if query_name == "cat|coffee":
-            left = "cat" in pair_name
-            shares = ", ".join(
-                f"{label} {_half_share(maps[0], left):.0%}"
-                for label, maps in results.items()
-            )
-            side = "left (cat)" if left else "right (coffee)"
-            summary.append(f"  share of positive map mass on the {side} half: {shares}")
+        side = "left (cat)" if left else "right (coffee)"
+        lines.append(f"  share of positive map mass on the {side} half: {shares}")
+    return lines
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Runs ``captum-sfam demo``: figures and ``summary.txt`` in ``args.out``."""
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, x = _demo_inputs()
+    summary = list(DEMO_PREAMBLE)
+    for pair in DEMO_PAIRS:
+        summary += _demo_pair(out, model, x, pair)
     summary.append("")
     summary.append(f"figures in {out}; took {time.perf_counter() - start:.1f} s")
     text = "\n".join(summary)
@@ -283,7 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-# re-exported from .loading (their home since the loaders moved there)
+# the loaders are re-exported for scripts that drive the command line
 __all__ = [
     "CLIError",
     "build_method",

@@ -20,17 +20,10 @@ from pathlib import Path
 import torch
 
 from ..retrieval import ImageFiles, explain_retrieval, init_distributed
-from .loading import CLIError, add_model_arguments, find_images, model_from_args
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
+from .args import add_model_arguments, positive_int
+from .errors import CLIError
+from .files import find_images
+from .methods import model_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,12 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("queries", help="folder of query images (recursive)")
     parser.add_argument("gallery", help="folder of gallery images (recursive)")
     parser.add_argument(
-        "--top-k", type=_positive, default=5, help="neighbours explained per query"
+        "--top-k", type=positive_int, default=5, help="neighbours explained per query"
     )
     parser.add_argument("--out", default="retrieval", help="output folder")
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=16,
         help="queries per batch (and gallery images per forward pass)",
     )
@@ -61,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--report-limit",
-        type=_positive,
+        type=positive_int,
         default=100,
         help="queries shown in index.html (results.jsonl has all)",
     )

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .pretrained import _require
+from .._optional import require_extra
 
 SPLITS = (
     "all",
@@ -139,7 +139,7 @@ class CUB200(torch.utils.data.Dataset):
         return [label for _, label, _ in self.samples]
 
     def __getitem__(self, index: int) -> Tuple[Tensor, int, Tuple[float, ...]]:
-        _require("PIL", "pillow")
+        require_extra("PIL", "pillow")
         from PIL import Image
 
         path, label, (x0, y0, x1, y1) = self.samples[index]

