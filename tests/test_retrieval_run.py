@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from captum_sfam import LayerCGRAM, LayerRAM, LayerSFAM
 from captum_sfam.methods import REGISTRY
-from captum_sfam.metrics import recall_at_k
+from captum_sfam.metrics import nearest_neighbours, recall_at_k
 from captum_sfam.retrieval import (
     MAP_DTYPE,
     average_precision_at_k,
@@ -242,6 +244,61 @@ def test_average_precision_by_hand():
     )
     assert average_precision_at_k([False, True], 5, 2) == pytest.approx(0.5 / 2)
     assert average_precision_at_k([False, False], 1, 2) == 0.0
+
+
+def test_run_means_are_mean_retrieval_metrics_of_its_ranked_lists(model, tmp_path):
+    """Without exclusion, the run's means are mean_retrieval_metrics of the
+    written lists (k >= 5: the search and the lines hold the same k), over
+    the queries whose label the gallery has."""
+    q_labels = ["a", "b", "a", "z", "b", "a", "z"]  # "z": no relevant item
+    g_labels = ["a", "b", "c"] * 4
+    run = explain_retrieval(
+        model, model.features, images(7, 11), images(12, 12), tmp_path, "ram",
+        k=6, batch_size=3, query_labels=q_labels, gallery_labels=g_labels,
+        report=False,
+    )  # fmt: skip
+    records = list(read_results(tmp_path))
+    ranked = [[n["label"] for n in r["neighbours"]] for r in records]
+    expected = mean_retrieval_metrics(ranked, q_labels, g_labels)
+    assert set(expected) == {"recall@1", "recall@5", "map@6"}
+    assert run.metrics == {**expected, "queries_with_relevant": 5}
+    per_query = [r["metrics"] for r in records if r["label"] != "z"]
+    assert run.metrics["map@6"] == pytest.approx(
+        np.mean([m["ap@6"] for m in per_query])
+    )
+    assert [r["relevant"] for r in records if r["label"] == "z"] == [0, 0]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_nearest_neighbours_equal_a_full_sort_leaving_each_out(metric, k):
+    gen = torch.Generator().manual_seed(3)
+    emb = torch.randn(9, 4, generator=gen)
+    emb[6] = emb[2]  # ties: for every other row, 2 must come before 6
+    emb[7] = emb[2]
+    full = similarity_matrix(emb, emb, metric)
+    full.fill_diagonal_(-torch.inf)
+    expected = torch.sort(full, dim=1, descending=True, stable=True).indices[:, :k]
+    nearest = nearest_neighbours(emb, metric, k)
+    assert torch.equal(nearest, expected)
+    assert not (nearest == torch.arange(9)[:, None]).any()  # never itself
+    if k > 1:
+        assert nearest[2, :2].tolist() == [6, 7] and nearest[6, :2].tolist() == [2, 7]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    hits = (labels[expected] == labels[:, None]).any(dim=1)
+    assert recall_at_k(emb, labels, metric, k) == int(hits.sum()) / 9
+
+
+def test_retrieval_imports_no_demo_or_app():
+    """The floors: retrieval sits on the core, images, metrics and
+    visualization, never on captum_sfam.demo or captum_sfam.app."""
+    code = (
+        "import sys, captum_sfam.retrieval\n"
+        "bad = [m for m in sys.modules if m.startswith(('captum_sfam.demo', "
+        "'captum_sfam.app'))]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_rerun_resumes_after_the_finished_batches(model, tmp_path):

@@ -2,14 +2,17 @@ r"""Retrieval metrics on embeddings: nearest neighbours and Recall@k.
 
 Scores are the package's similarities (:func:`~captum_sfam.similarity.
 similarity_matrix`): cosine, or the negative squared Euclidean distance, whose
-ranking is the Euclidean distance's.
+ranking is the Euclidean distance's. Neighbours are found by the package's
+exact top-k search (:func:`~captum_sfam.functional.similarity.exact_top_k`),
+by chunks of the set.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ..similarity import similarity_matrix
+from ..functional.similarity import exact_top_k
 
 
 def _check(embeddings: Tensor, k: int) -> None:
@@ -28,12 +31,23 @@ def nearest_neighbours(
 
     Every embedding queries all the others, itself excluded (leave-one-out),
     by the package's similarity: cosine, or negative squared Euclidean
-    distance.
+    distance. Ties go to the lower index. The similarities are computed in
+    float32, whatever the embeddings' dtype.
+
+    Args:
+        embeddings (Tensor): (B, D).
+        metric (str, optional): ``"cosine"`` or ``"euclidean"``.
+                    Default: "cosine"
+        k (int, optional): neighbours per embedding, 1 <= k < B. Default: 1
+
+    Returns:
+        *Tensor*: (B, k) int64 indices into ``embeddings``, on its device.
     """
     _check(embeddings, k)
-    sim = similarity_matrix(embeddings, embeddings, metric)
-    sim.fill_diagonal_(-float("inf"))
-    return sim.topk(k, dim=1).indices
+    if not isinstance(metric, str):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    itself = torch.arange(embeddings.shape[0], device=embeddings.device)
+    return exact_top_k(embeddings, embeddings, k, metric, exclude=itself)[1]
 
 
 def recall_at_k(
@@ -47,6 +61,9 @@ def recall_at_k(
         labels (Tensor): (B,) class labels.
         metric (str, optional): ``"cosine"`` or ``"euclidean"``.
         k (int, optional): neighbours looked at, 1 <= k < B. Default: 1
+
+    Returns:
+        *float*: the exact fraction of hits, in [0, 1].
     """
     _check(embeddings, k)
     if not isinstance(labels, Tensor) or labels.shape != embeddings.shape[:1]:
