@@ -432,6 +432,25 @@ def test_report_renders_ranked_lists_with_maps(model, tmp_path):
     assert record["neighbours"][0]["rank"] == 1
 
 
+def test_report_draws_images_with_the_package_display(model, tmp_path):
+    """Thumbnails go through captum_sfam.images.to_display: an image in
+    [0, 1] is shown as it is; images outside [0, 1] (normalised, no mean/std
+    given) are min-max scaled with one warning for the whole report."""
+    queries, gallery = images(3, 13), images(6, 14) * 4 - 2
+    queries[0] = 0.25  # a flat grey query: not stretched to black or white
+    with pytest.warns(UserWarning) as caught:
+        explain_retrieval(
+            model, model.features, queries, gallery, tmp_path, "sfam", k=2,
+            batch_size=2,
+        )  # fmt: skip
+    scaled = [w for w in caught if "min-max" in str(w.message)]
+    assert len(scaled) == 1 and "mean=" in str(scaled[0].message)
+    with Image.open(tmp_path / "thumbs/q000000.png") as bare:
+        assert np.unique(np.asarray(bare)).tolist() == [64]  # 0.25 * 255
+    with Image.open(tmp_path / "thumbs/q000000-r01-neighbour.png") as drawn:
+        assert np.asarray(drawn).std() > 10
+
+
 # ----------------------------------------------------------- CLI -----------
 def test_cli_retrieve_on_real_photo_folders(tmp_path, capsys):
     from skimage import data

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._optional import require_extra
+from ..images import to_display
 from .data import ImageSource
 from .store import MANIFEST, load_maps, read_results
 
@@ -49,25 +51,6 @@ td.miss img.neighbour-map { outline: 3px solid #c22; }
 td.query-cell { background: #eef; }
 table.metrics td, table.metrics th { padding: 2px 8px; border: 1px solid #ccc; }
 """
-
-
-def to_display(
-    image: Tensor,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-) -> Tensor:
-    """A model input (C, H, W) as a (3, H, W) picture in [0, 1]: the
-    normalisation undone with ``mean``/``std``, else min-max scaled."""
-    x = image.detach().float().cpu()
-    if x.shape[0] == 1:
-        x = x.expand(3, *x.shape[1:])
-    x = x[:3]
-    if mean is not None and std is not None:
-        m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
-        s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
-        return (x * s + m).clamp(0, 1)
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -138,7 +121,9 @@ def write_report(
         limit (int, optional): the number of queries shown (the first ones).
                     Default: 100
         mean, std (Sequence[float], optional): input normalisation to undo
-                    for display (see :func:`to_display`).
+                    for display (see :func:`captum_sfam.images.to_display`:
+                    an image still outside [0, 1] is min-max scaled, with one
+                    ``UserWarning`` per report).
                     Default: None
         metrics (dict, optional): mean metrics shown at the top.
                     Default: None
@@ -205,9 +190,21 @@ class _Pictures:
         self.queries, self.gallery = queries, gallery
         self.mean, self.std, self.height, self.keep = mean, std, height, keep
         self.cache: Dict[int, Tensor] = {}
+        self.warned = False
 
     def _picture(self, image: Tensor) -> Tensor:
-        return _thumbnail(to_display(image, self.mean, self.std), self.height)
+        # to_display warns for each image it has to min-max scale: the
+        # report passes the first such warning on, not one per thumbnail
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            shown = to_display(image, self.mean, self.std)
+        for warning in caught:
+            scaled = warning.category is UserWarning
+            if not (scaled and self.warned):
+                warnings.warn(warning.message, warning.category, stacklevel=2)
+            self.warned = self.warned or scaled
+        picture = torch.from_numpy(shown).permute(2, 0, 1).float()
+        return _thumbnail(picture, self.height)
 
     def query(self, index: int) -> Tensor:
         return self._picture(self.queries.take([index])[0])

@@ -168,8 +168,10 @@ def explain_retrieval(
                     ones; ``results.jsonl`` always has all).
                     Default: 100
         mean, std (Sequence[float], optional): the normalisation of the model
-                    inputs, undone to draw the report's thumbnails; by default
-                    each image is min-max scaled for display.
+                    inputs, undone to draw the report's thumbnails (by
+                    :func:`captum_sfam.images.to_display`); an image that is
+                    still outside [0, 1] is min-max scaled, with one
+                    ``UserWarning`` per report.
                     Default: None
         device (str or torch.device, optional): where images go for the
                     forward passes. Default: the model's device
