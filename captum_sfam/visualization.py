@@ -14,7 +14,7 @@ it is min-max scaled with a warning.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from captum.attr import LayerAttribution
@@ -190,7 +190,32 @@ def compare_methods(
     return fig
 
 
-__all__ = ["compare_methods", "to_hwc", "visualize_pair"]
+def _best_matches(
+    scores: Tensor, matches: int, mutual: bool
+) -> Tuple[Tensor, List[int], Tensor, Tensor]:
+    """The ``matches`` best (mutual) matches of a (h, w[, 1], h', w') score grid:
+    the (h, w, h', w') grid, the chosen query cells (flat, best first), and
+    each query cell's best support cell (flat) and score."""
+    grid = scores.detach().float().cpu()
+    if grid.dim() == 5 and grid.shape[2] == 1:
+        grid = grid[:, :, 0]
+    if grid.dim() != 4:
+        raise ValueError(
+            "scores must be (h, w, h', w') or (h, w, 1, h', w'), got "
+            f"{tuple(scores.shape)}"
+        )
+    if not isinstance(matches, int) or matches < 1:
+        raise ValueError(f"matches must be a positive int, got {matches!r}")
+    h, w, hs, ws = grid.shape
+    flat = grid.reshape(h * w, hs * ws)
+    best_score, best = flat.max(dim=1)
+    keep = np.ones(h * w, dtype=bool)
+    if mutual:
+        back = flat.argmax(dim=0)
+        keep = (back[best] == np.arange(h * w)).numpy()
+    order = [int(c) for c in np.argsort(-best_score.numpy(), kind="stable")]
+    chosen = [c for c in order if keep[c]][:matches]
+    return grid, chosen, best, best_score
 
 
 def visualize_correspondences(
@@ -229,25 +254,8 @@ def visualize_correspondences(
     from matplotlib.figure import Figure
     from matplotlib.patches import ConnectionPatch
 
-    grid = scores.detach().float().cpu()
-    if grid.dim() == 5 and grid.shape[2] == 1:
-        grid = grid[:, :, 0]
-    if grid.dim() != 4:
-        raise ValueError(
-            "scores must be (h, w, h', w') or (h, w, 1, h', w'), got "
-            f"{tuple(scores.shape)}"
-        )
-    if not isinstance(matches, int) or matches < 1:
-        raise ValueError(f"matches must be a positive int, got {matches!r}")
+    grid, chosen, best, best_score = _best_matches(scores, matches, mutual)
     h, w, hs, ws = grid.shape
-    flat = grid.reshape(h * w, hs * ws)
-    best_score, best = flat.max(dim=1)
-    keep = np.ones(h * w, dtype=bool)
-    if mutual:
-        back = flat.argmax(dim=0)
-        keep = (back[best] == np.arange(h * w)).numpy()
-    order = [int(c) for c in np.argsort(-best_score.numpy(), kind="stable")]
-    chosen = [c for c in order if keep[c]][:matches]
     query = to_display(query_image, stacklevel=3)
     support = to_display(support_image, stacklevel=3)
     fig = Figure(figsize=(8, 4.4))
@@ -283,4 +291,9 @@ def visualize_correspondences(
     return fig
 
 
-__all__.append("visualize_correspondences")
+__all__ = [
+    "compare_methods",
+    "to_hwc",
+    "visualize_correspondences",
+    "visualize_pair",
+]

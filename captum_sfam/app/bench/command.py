@@ -1,0 +1,134 @@
+r"""``captum-sfam bench`` / ``python -m captum_sfam.app.bench``: run, report.
+
+:func:`add_arguments` adds the benchmark's options to a parser,
+:func:`main_args` runs the parsed arguments (``--quick``: a smoke run of a
+few seconds), :func:`run` returns the report that :func:`~.tables.write`
+saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ...metrics.correspondence import TRANSFORMS
+from .measures import correspondence_setting, evaluate
+from .settings import CHOICES, LABELS, PHOTOS, SETTINGS, correspondence_photos
+from .tables import PCK_HEADERS, format_table, write
+
+#: the ``--help`` description
+DESCRIPTION = "Benchmark of every pair-attribution method, with ground truth, offline."
+
+
+def run(args: argparse.Namespace) -> Dict[str, object]:
+    r"""Runs the settings of ``args.settings``, in the order of :data:`CHOICES`.
+
+    Args:
+        args (argparse.Namespace): the options of :func:`add_arguments`.
+
+    Returns:
+        the report: ``args``, ``settings`` (key -> ``{"model": info,
+        "methods": summary}``), ``seconds`` and ``tables`` (Markdown).
+    """
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    report: Dict[str, object] = {"args": vars(args).copy(), "settings": {}}
+    texts = []
+    for key in [k for k in SETTINGS if k in args.settings]:
+        s = SETTINGS[key](args)
+        summary = evaluate(
+            s.model, s.layer, s.metric, s.pairs, s.scenes, s.steps,
+            not args.no_progress, LABELS[key], ig_steps=s.ig_steps,
+        )  # fmt: skip
+        report["settings"][key] = {"model": s.info, "methods": summary}
+        texts.append(format_table(s.title, summary))
+    if "correspondence" in args.settings:
+        model, photos = correspondence_photos(args)
+        summary = correspondence_setting(model, model.bn2, photos)
+        title = (
+            "(d) EfficientNet-Lite0 point-to-point correspondences, PCK % at one "
+            f"cell (7 x 7 grid), {len(photos)} photos x {{{', '.join(TRANSFORMS)}}}"
+        )
+        info = {"photos": PHOTOS[: args.pck_photos]}
+        report["settings"]["correspondence"] = {"model": info, "methods": summary}
+        texts.append(format_table(title, summary, PCK_HEADERS))
+    report["seconds"] = time.perf_counter() - start
+    report["tables"] = texts
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    r"""Adds the benchmark's options to ``parser``.
+
+    Args:
+        parser (argparse.ArgumentParser): the (sub)command's parser.
+    """
+    parser.add_argument("--episodes", type=int, default=100, help="(a) episodes")
+    parser.add_argument("--pairs", type=int, default=100, help="(b) retrieval queries")
+    parser.add_argument("--scenes", type=int, default=40, help="two-object scenes")
+    parser.add_argument("--photo-pairs", type=int, default=20, help="(c) composites")
+    parser.add_argument(
+        "--pck-photos", type=int, default=5, help="(d) photos (1 to 5), 3 pairs each"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=16, help="deletion/insertion steps"
+    )
+    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=CHOICES,
+        choices=CHOICES,
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="seconds: a smoke run")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    r"""Runs the benchmark, writes its files and prints its tables.
+
+    Args:
+        args (argparse.Namespace): the options of :func:`add_arguments`.
+
+    Returns:
+        the exit code, 0.
+    """
+    if args.quick:
+        args.episodes, args.pairs, args.scenes, args.photo_pairs = 3, 3, 2, 2
+        args.pck_photos = 1
+        args.steps, args.train_steps = (
+            4,
+            args.train_steps if args.train_steps < 200 else 3,
+        )
+    report = run(args)
+    write(report, args.out)
+    print("\n\n".join(report["tables"]))  # type: ignore[arg-type]
+    print(
+        f"\n{report['seconds']:.0f} s; wrote {args.out}/bench.json, bench.csv, bench.md"
+    )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``python -m captum_sfam.app.bench [options]``.
+
+    Args:
+        argv (sequence of str, optional): the arguments. Default: ``sys.argv``
+
+    Returns:
+        the exit code.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m captum_sfam.app.bench", description=DESCRIPTION
+    )
+    add_arguments(parser)
+    return main_args(parser.parse_args(argv))
+
+
+__all__ = ["add_arguments", "main", "main_args", "run"]
