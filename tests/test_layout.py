@@ -1,4 +1,4 @@
-"""The package's layout: old module paths, entry points, optional dependencies."""
+"""The package's layout: module paths, entry points, optional dependencies."""
 
 from __future__ import annotations
 
@@ -10,37 +10,29 @@ from pathlib import Path
 
 import pytest
 
-ALIASES = {
-    "captum_sfam.synthetic": "captum_sfam.demo.synthetic",
-    "captum_sfam.trained": "captum_sfam.demo.trained",
-    "captum_sfam.pretrained": "captum_sfam.demo.pretrained",
-    "captum_sfam.datasets": "captum_sfam.demo.datasets",
-    "captum_sfam.bench": "captum_sfam.app.bench",
-}
+#: module paths that were aliases of the demo and app modules, now removed
+OLD_PATHS = (
+    "captum_sfam.synthetic",
+    "captum_sfam.trained",
+    "captum_sfam.pretrained",
+    "captum_sfam.datasets",
+    "captum_sfam.bench",
+)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("old, new", ALIASES.items())
-def test_old_module_paths_are_the_new_modules(old, new):
-    assert importlib.import_module(old) is importlib.import_module(new)
-
-
-def test_private_names_and_monkeypatching_work_through_an_alias(monkeypatch):
-    import captum_sfam.demo.trained as trained
-    from captum_sfam.trained import _episode, cache_dir
-
-    assert _episode is trained._episode
-    monkeypatch.setattr("captum_sfam.trained.cache_dir", lambda: "patched")
-    assert trained.cache_dir() == "patched" and cache_dir is not trained.cache_dir
+@pytest.mark.parametrize("old", OLD_PATHS)
+def test_the_old_alias_paths_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "captum_sfam.bench", "--help"],
         [sys.executable, "-m", "captum_sfam.app.bench", "--help"],
     ],
 )
