@@ -2,31 +2,38 @@
 
 Captum attributions that explain a *pair* (a query against a K-shot support),
 and an adapter that lets every Captum method explain similarity models.
-The core needs torch and captum only; evaluation (``captum_sfam.metrics``),
+The pure maths lives in ``captum_sfam.functional``. The core needs torch
+and captum only; evaluation (``captum_sfam.metrics``),
 the command line (``captum_sfam.app``) and demo data and models
 (``captum_sfam.demo``) are imported on demand.
 """
 
-from ._utils.attribution import PairAttribution
-from ._utils.features import PairFeatures, PooledPair
-from ._utils.gradient import GradientPairAttribution
+from .functional import (
+    PooledPair,
+    channel_importance,
+    minmax_normalize,
+    similarity_gradients,
+    weight_spread,
+)
 from .methods import (
     REGISTRY,
+    ForwardPairAttribution,
+    GradientPairAttribution,
     LayerCGRAM,
     LayerDecomposition,
     LayerGradFAM,
     LayerRAM,
     LayerSFAM,
     LayerSimilarityGradCam,
+    PairAttribution,
 )
-from .methods.sfam import channel_importance, minmax_normalize, weight_spread
-from .methods.similarity_grad_cam import similarity_gradients
 from .similarity import SimilarityTarget
 from .transforms import interpolate, tokens_to_grid
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ForwardPairAttribution",
     "GradientPairAttribution",
     "LayerCGRAM",
     "LayerDecomposition",
@@ -35,7 +42,6 @@ __all__ = [
     "LayerSFAM",
     "LayerSimilarityGradCam",
     "PairAttribution",
-    "PairFeatures",
     "PooledPair",
     "REGISTRY",
     "SimilarityTarget",

@@ -13,15 +13,15 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ._utils.checks import check_finite, check_metric
-from ._utils.formatting import group_by_label
-from ._utils.model import (
+from ._engine.checks import check_finite, check_metric
+from ._engine.gradient import select_embedding
+from ._engine.model import (
     EmbeddingFunc,
     check_embedding_func,
     find_model,
-    select_embedding,
     warn_if_classifier,
 )
+from ._engine.pairs import group_by_label
 from .functional.similarity import (
     COSINE_EPS,
     MetricFunc,
@@ -81,7 +81,7 @@ def prototypes(
             f"support must be (R, K, C, H, W) with R, K >= 1, got "
             f"{tuple(support.shape)}"
         )
-    check_finite(support, "support")
+    check_finite(support, names=["support"])
     classes, shots = support.shape[:2]
     emb = embed(model, support.flatten(0, 1), additional_forward_args, embedding_func)
     return emb.reshape(classes, shots, -1).mean(dim=1)
@@ -100,7 +100,7 @@ def _reference_embeddings(references: object, name: str, metric: str) -> Tensor:
             f"{name} must be (R, D) with R >= 1, got {tuple(references.shape)}"
         )
     references = flatten_embeddings(references.detach())
-    check_finite(references, name)
+    check_finite(references, names=[name])
     if metric == "cosine" and bool(
         (torch.linalg.vector_norm(references, dim=-1) < COSINE_EPS).any()
     ):

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils.model import tokens_grid
+from ._engine.model import tokens_grid
 
 
 def tokens_to_grid(

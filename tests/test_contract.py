@@ -30,7 +30,12 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 import captum_sfam
-from captum_sfam import LayerSFAM, LayerSimilarityGradCam, tokens_to_grid
+from captum_sfam import (
+    GradientPairAttribution,
+    LayerSFAM,
+    LayerSimilarityGradCam,
+    tokens_to_grid,
+)
 from captum_sfam.methods import REGISTRY
 
 TESTS = Path(__file__).resolve().parent
@@ -251,14 +256,13 @@ def test_all_pairs_equal_one_pair_at_a_time(member, metric, shots, pooling):
 
 @by_key(GRADIENT)
 def test_gradient_members_have_no_all_pairs_form_and_say_so(member):
+    """Capabilities by type: a gradient member has no ``attribute_pairs`` (a
+    backward pass per pair), and the registry says so."""
     model = TinyCNN().eval()
     method = member.cls(model, model.features, metric="cosine")
-    with pytest.raises(NotImplementedError, match="all-pairs"):
-        method.attribute_pairs(images(2, 3, 8, 8), images(2, 3, 8, 8))
-    with pytest.raises(NotImplementedError, match="all-pairs"):
-        method.attribute_pairs(
-            images(2, 3, 8, 8), images(2, 2, 3, 8, 8), return_gallery_attributions=True
-        )
+    assert not hasattr(method, "attribute_pairs")
+    assert not member.forward_only
+    assert isinstance(method, GradientPairAttribution)
 
 
 # ------------------------------------------------------------ model hygiene --

@@ -11,7 +11,7 @@ from helpers import TinyCNN, images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_sfam._utils.capture import batch_independent
+from captum_sfam._engine.layer import Layer
 from captum_sfam.methods import REGISTRY
 
 FORWARD_ONLY = [m.cls for m in REGISTRY.values() if m.forward_only]
@@ -175,6 +175,12 @@ def test_one_forward_pass_unless_a_train_mode_module_may_mix_the_batch(
 def test_batch_independent_needs_a_module_holding_the_layer():
     model = TinyCNN().eval()
     holder = {"model": model}  # a dict hides the model from the search
+
+    def batch_independent(forward_func, layer):
+        return Layer(
+            forward_func, layer, "avg", None, None, "auto", None
+        ).batch_independent()
+
     assert batch_independent(model, model.features)
     assert batch_independent(lambda x: model(x), model.features)
     assert not batch_independent(lambda x: holder["model"](x), model.features)

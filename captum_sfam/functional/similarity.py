@@ -164,11 +164,36 @@ def exact_top_k(
     return best_values, best_indices
 
 
+# ---------------------------------------- the gradient members' scores ---
+def prototype_similarity(
+    query: Tensor, shots: Tensor, metric: Union[str, MetricFunc] = "cosine"
+) -> Tensor:
+    r"""CG-RAM's pair score :math:`s = \mathrm{sim}(f(Q), \frac1K\sum_k f(S_k))`.
+
+    query (B, D) and shots (B, K, D) -> (B,): cosine, or negative squared
+    Euclidean distance, to the mean of the K shot embeddings.
+    """
+    return paired_similarity(query, shots.mean(dim=-2), metric)
+
+
+def half_squared_norms(query: Tensor, shots: Tensor, metric: object = None) -> Tensor:
+    r"""Grad-FAM's pair score: each image's own energy :math:`\frac12\lVert f\rVert^2`.
+
+    query (B, D) and shots (B, K, D) -> (B,): :math:`\frac12\lVert f(Q)\rVert^2
+    + \frac12\sum_k\lVert f(S_k)\rVert^2`. Each image's gradient comes from its
+    own term only, so every map is pair-agnostic. ``metric`` is ignored
+    (the score compares nothing).
+    """
+    return 0.5 * (query * query).sum(dim=-1) + 0.5 * (shots * shots).sum(dim=(-2, -1))
+
+
 __all__ = [
     "COSINE_EPS",
     "DEFAULT_GALLERY_CHUNK",
     "MetricFunc",
     "exact_top_k",
+    "half_squared_norms",
     "paired_similarity",
+    "prototype_similarity",
     "similarity_matrix",
 ]

@@ -4,8 +4,9 @@ Every member explains a query against a K-shot support with
 ``attribute(inputs, support, ...)``. Forward-only members (SFAM, similarity
 Grad-CAM, RAM, Decomposition) define one pure weight rule on pooled vectors;
 gradient members (CG-RAM, Grad-FAM) define one pair score whose layer gradient
-gives the weights. ``REGISTRY`` lists them all, in display order; the command
-line, the benchmark and the contract tests read it.
+gives the weights; the pure rules live in :mod:`captum_sfam.functional`.
+``REGISTRY`` lists them all, in display order; the command line, the
+benchmark and the contract tests read it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple, Type, Union
 
-from .._utils.attribution import PairAttribution
-from .._utils.correspondence import READINGS
+from .._engine.base import PairAttribution
+from .._engine.correspondence import READINGS
+from .._engine.forward import ForwardPairAttribution
+from .._engine.gradient import GradientPairAttribution
 from .cg_ram import LayerCGRAM
 from .decomposition import LayerDecomposition
 from .grad_fam import LayerGradFAM
@@ -38,7 +41,7 @@ class Member:
     @property
     def forward_only(self) -> bool:
         """True when the member needs no gradient (and has ``attribute_pairs``)."""
-        return self.cls.forward_only
+        return issubclass(self.cls, ForwardPairAttribution)
 
 
 #: every member of the family, by key (one line per member)
@@ -56,16 +59,18 @@ REGISTRY: Dict[str, Member] = {
 
 
 def supports_contrast(method: Union[PairAttribution, type]) -> bool:
-    """True when the member (an object, or a class whatever its settings)
-    explains a support against ``contrast=``: False for Grad-FAM and RAM
-    "self", whose maps do not depend on the support."""
-    flag = getattr(method, "supports_contrast", True)
-    return flag if isinstance(flag, bool) else True  # a class's property: True
+    """True when the member (an object with its settings, or a class with
+    its defaults' capabilities) explains a support against ``contrast=``:
+    read from its ``contrast_refusal``, the one place a member declares it
+    (Grad-FAM, RAM with ``weighting="self"``)."""
+    return getattr(method, "contrast_refusal", None) is None
 
 
 __all__ = [
     "READINGS",
     "REGISTRY",
+    "ForwardPairAttribution",
+    "GradientPairAttribution",
     "PairAttribution",
     "LayerCGRAM",
     "LayerDecomposition",

@@ -2,19 +2,8 @@ r"""CG-RAM: Confidence Gradient-weighted RAM (ES-Net, Shen et al., 2021)."""
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .._utils.gradient import GradientPairAttribution
-from ..similarity import paired_similarity
-
-
-def prototype_similarity(query: Tensor, shots: Tensor, metric: str) -> Tensor:
-    r"""CG-RAM's pair score :math:`s = \mathrm{sim}(f(Q), \frac1K\sum_k f(S_k))`.
-
-    query (B, D) and shots (B, K, D) -> (B,): cosine, or negative squared
-    Euclidean distance, to the mean of the K shot embeddings.
-    """
-    return paired_similarity(query, shots.mean(dim=-2), metric)
+from .._engine.gradient import GradientPairAttribution
+from ..functional.similarity import prototype_similarity
 
 
 class LayerCGRAM(GradientPairAttribution):
@@ -46,5 +35,10 @@ class LayerCGRAM(GradientPairAttribution):
     ``forward_func`` must return embeddings (B, D) (flattened otherwise).
     """
 
-    def _pair_score(self, query: Tensor, shots: Tensor) -> Tensor:
-        return prototype_similarity(query, shots, self.metric)
+    pair_score = staticmethod(prototype_similarity)
+
+
+__all__ = [
+    "LayerCGRAM",
+    "prototype_similarity",
+]

@@ -3,178 +3,25 @@ r"""Decomposition: activation decomposition of a cosine similarity
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from .._utils.attribution import PairAttribution
-from .._utils.checks import PoolingType, require
-from .._utils.correspondence import blocks
-from .._utils.features import PooledPair, ReshapeTransform
-from .._utils.maps import pool
+from .._engine.checks import PoolingType
+from .._engine.forward import ForwardPairAttribution
+from .._engine.layer import ReshapeTransform
+from ..functional.decomposition import (
+    check_head,
+    decomposition_maps,
+    decomposition_weights,
+    point_to_point_scores,
+    position_embeddings,
+)
 
 
-def decomposition_weights(
-    query_vectors: Tensor,
-    shot_vectors: Tensor,
-    head: Optional[Tensor],
-    contrast_shots: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    r"""The CAM weights Decomposition's maps reduce to on non-negative
-    activations without a head: :math:`v^S` for the query, :math:`v^Q` for each
-    shot (:math:`W^\top W v` with a head), up to a positive factor.
-
-    Against a contrast (``contrast_shots`` (..., K', N)), the query's weights
-    are :math:`W^\top W (v^S/\lVert W v^S\rVert - v^{S'}/\lVert W v^{S'}
-    \rVert)` (up to the positive factor :math:`1/(hw\lVert W v^Q\rVert)`),
-    those of the cosine difference; the shots keep theirs."""
-    q, s = query_vectors, shot_vectors.mean(dim=-2)  # Eq. 1
-    gram = None
-    if head is not None:
-        gram = head.transpose(0, 1).to(q.dtype) @ head.to(q.dtype)
-        q = q @ gram
-    if contrast_shots is not None:  # d/dV^Q-like: unit S minus unit S'
-        c = contrast_shots.mean(dim=-2)
-        s = s / _embedding_norm(s, head) - c / _embedding_norm(c, head)
-    if gram is not None:
-        s = s @ gram
-    return s, q.unsqueeze(-2)
-
-
-def _embedding_norm(vectors: Tensor, head: Optional[Tensor]) -> Tensor:
-    r""":math:`\lVert W v\rVert` of pooled vectors (..., N) -> (..., 1); a zero
-    embedding raises (its cosine is undefined)."""
-    emb = vectors if head is None else vectors @ head.transpose(0, 1).to(vectors.dtype)
-    norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True)
-    require(
-        (norm == 0).any(),
-        "a pooled query, support or contrast embedding is zero: its cosine "
-        "similarity is undefined",
-    )
-    return torch.where(norm > 0, norm, torch.ones_like(norm))
-
-
-def position_embeddings(
-    activations: Tensor, pooling: str, head: Optional[Tensor]
-) -> Tensor:
-    r"""Per-position embeddings :math:`e(i,j)`, (..., N, h, w) -> (..., hw, D).
-
-    With max pooling each channel keeps only its arg-max position(s) (the
-    reference code's "maximum mask"); a linear head :math:`W` (D x N, bias
-    dropped) maps each position's activation vector to :math:`W A(:,i,j)`.
-    """
-    if pooling == "max":
-        peak = activations.amax(dim=(-2, -1), keepdim=True)
-        activations = activations * (activations == peak)
-    emb = activations.flatten(-2).transpose(-1, -2)
-    return emb if head is None else emb @ head.transpose(0, 1).to(emb.dtype)
-
-
-def position_products(
-    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
-) -> Tensor:
-    r""":math:`P(i,j,k,x,y) = \langle e_Q(i,j), e_{S_k}(x,y)\rangle`, unrectified.
-
-    query (..., N, h, w) and support (..., K, N, h', w') -> (..., h*w, K*h'*w').
-    """
-    query_emb = position_embeddings(query, pooling, head)
-    support_emb = position_embeddings(support, pooling, head).flatten(-3, -2)
-    return query_emb @ support_emb.transpose(-1, -2)
-
-
-def cosine_scale(activations: Tensor, pooling: str, head: Optional[Tensor]) -> Tensor:
-    r"""The factor :math:`n\,\lVert e(V)\rVert` that turns summed products into
-    a cosine, for (..., K, N, h, w) activations -> (...,).
-
-    :math:`V` is the mean of the K pooled shots, :math:`e(V) = WV`, and n the
-    number of position terms behind :math:`V`: :math:`K h w` for average
-    pooling (:math:`\sum_{kxy} e_{S_k}(x,y) = Khw\, e(V)`), K for max
-    pooling (one arg-max per channel, ties aside). With the query's factor
-    (K = 1) :math:`\sum P / (z_Q z_S) = \cos(e(V^Q), e(V^S))`.
-    """
-    shots, positions = activations.shape[-4], activations.shape[-2:].numel()
-    vectors = pool(activations.flatten(0, -4), pooling).unflatten(
-        0, activations.shape[:-3]
-    )
-    count = shots * (positions if pooling == "avg" else 1)
-    return count * _embedding_norm(vectors.mean(dim=-2), head).squeeze(-1)
-
-
-def point_to_point_scores(
-    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
-) -> Tensor:
-    r"""Rectified, max-normalised point-to-point activation of each pair.
-
-    :math:`P(i,j,k,x,y) = \langle e_Q(i,j), e_{S_k}(x,y)\rangle`, returned as
-    :math:`\mathrm{ReLU}(P / \max P)`, the maximum taken over the pair; all
-    zeros where :math:`\max P \le 0` (no position pair contributes positively
-    to the similarity). query (..., N, h, w) and support (..., K, N, h', w'),
-    leading dims broadcasting -> (..., h*w, K*h'*w').
-    """
-    p = position_products(query, support, pooling, head)
-    peak = p.amax(dim=(-2, -1), keepdim=True)
-    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
-    return torch.where(peak > 0, F.relu(p / safe), torch.zeros_like(p))
-
-
-def _cosine_terms(
-    query: Tensor, support: Tensor, pooling: str, head: Optional[Tensor]
-) -> Tensor:
-    r""":math:`\mathrm{ReLU}(P) / (z_Q z_S)`, each position pair's rectified
-    share of :math:`\cos(Q, S)`, (..., h*w, K*h'*w')."""
-    p = position_products(query, support, pooling, head)
-    scale = cosine_scale(query.unsqueeze(-4), pooling, head) * cosine_scale(
-        support, pooling, head
-    )
-    return F.relu(p) / scale[..., None, None]
-
-
-def decomposition_maps(
-    query: Tensor,
-    support: Tensor,
-    pooling: str,
-    head: Optional[Tensor],
-    contrast: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    r"""The overall maps: :math:`M_Q(i,j) = \sum_{k,x,y} R(i,j,k,x,y)` and
-    :math:`M_{S_k}(x,y) = \sum_{i,j} R(i,j,k,x,y)`, R the rectified P.
-
-    query (..., N, h, w), support (..., K, N, h', w') -> (..., h, w) and
-    (..., K, h', w'), built in blocks of the first leading dimension.
-
-    With ``contrast`` (..., K', N, h'', w''), the decomposition of
-    :math:`\cos(Q,S) - \cos(Q,S')`: :math:`M_Q(i,j) = \sum_{kxy}
-    \mathrm{ReLU}(P_S)/(z_Q z_S) - \sum_{kxy}\mathrm{ReLU}(P_{S'})/(z_Q z_{S'})`
-    and :math:`M_{S_k}(x,y) = \sum_{ij}\mathrm{ReLU}(P_S)/(z_Q z_S)`
-    (:func:`cosine_scale`; no max normalisation, so the query map sums to the
-    cosine difference when no P is negative).
-    """
-    query_maps, support_maps = [], []
-    for q, s in blocks(query, support):
-        if contrast is None:
-            rect = point_to_point_scores(q, s, pooling, head)
-        else:
-            rect = _cosine_terms(q, s, pooling, head)
-        query_maps.append(rect.sum(dim=-1).unflatten(-1, query.shape[-2:]))
-        support_maps.append(
-            rect.sum(dim=-2).unflatten(-1, (support.shape[-4], *support.shape[-2:]))
-        )
-    query_map = torch.cat(query_maps)
-    if contrast is not None:  # minus each query position's share of cos(Q, S')
-        against = torch.cat(
-            [
-                _cosine_terms(q, c, pooling, head).sum(dim=-1)
-                for q, c in blocks(query, contrast)
-            ]
-        ).unflatten(-1, query.shape[-2:])
-        query_map = query_map - against
-    return query_map, torch.cat(support_maps)
-
-
-class LayerDecomposition(PairAttribution):
+class LayerDecomposition(ForwardPairAttribution):
     r"""
     Activation decomposition of a cosine similarity: the overall activation
     map and the point-to-point activation.
@@ -275,30 +122,11 @@ class LayerDecomposition(PairAttribution):
                 raise TypeError("head must be a (D, N) Tensor or an nn.Linear")
             head = head.detach()
         self.head = head
+        self.rule_options = {"head": head}
+        self.map_options = {"pooling": str(self.pooling), "head": head}
 
-    def _head(self, channels: int) -> Optional[Tensor]:
-        if self.head is not None and self.head.shape[1] != channels:
-            raise ValueError(
-                f"head has {self.head.shape[1]} input features, the layer has "
-                f"{channels} channels"
-            )
-        return self.head
-
-    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
-        head = self._head(pair.query.shape[-1])
-        return decomposition_weights(pair.query, pair.shots, head, pair.contrast_shots)
-
-    def _pair_maps(
-        self,
-        query: Tensor,
-        support: Tensor,
-        query_weights: Tensor,
-        shot_weights: Tensor,
-        with_support: bool = True,
-        contrast: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        head = self._head(query.shape[-3])
-        return decomposition_maps(query, support, str(self.pooling), head, contrast)
+    weight_rule = staticmethod(decomposition_weights)
+    map_rule = staticmethod(decomposition_maps)
 
     def _correspondence_scores(
         self, query: Tensor, support: Tensor, reading: str, weights: Optional[Tensor]
@@ -306,7 +134,8 @@ class LayerDecomposition(PairAttribution):
         """Readings on the position embeddings e(i, j) (max mask, head):
         "dot" is Zhu et al.'s rectified, max-normalised P, "cosine" the
         cosine of the embeddings; "weighted" uses the layer's activations."""
-        head, pooling = self._head(query.shape[-3]), str(self.pooling)
+        head = check_head(self.head, query.shape[-3])
+        pooling = str(self.pooling)
         if reading == "dot":
             return point_to_point_scores(query, support, pooling, head)
         if reading == "cosine":
@@ -314,3 +143,12 @@ class LayerDecomposition(PairAttribution):
             s = F.normalize(position_embeddings(support, pooling, head), dim=-1)
             return q @ s.flatten(-3, -2).transpose(-1, -2)
         return super()._correspondence_scores(query, support, reading, weights)
+
+
+__all__ = [
+    "LayerDecomposition",
+    "decomposition_maps",
+    "decomposition_weights",
+    "point_to_point_scores",
+    "position_embeddings",
+]

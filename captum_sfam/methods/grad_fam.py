@@ -2,19 +2,8 @@ r"""Grad-FAM: Feature Activation Map with gradients (Wu et al., CVPR 2022)."""
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .._utils.gradient import GradientPairAttribution
-
-
-def half_squared_norms(query: Tensor, shots: Tensor) -> Tensor:
-    r"""Grad-FAM's pair score: each image's own energy :math:`\frac12\lVert f\rVert^2`.
-
-    query (B, D) and shots (B, K, D) -> (B,): :math:`\frac12\lVert f(Q)\rVert^2
-    + \frac12\sum_k\lVert f(S_k)\rVert^2`. Each image's gradient comes from its
-    own term only, so every map is pair-agnostic.
-    """
-    return 0.5 * (query * query).sum(dim=-1) + 0.5 * (shots * shots).sum(dim=(-2, -1))
+from .._engine.gradient import GradientPairAttribution
+from ..functional.similarity import half_squared_norms
 
 
 class LayerGradFAM(GradientPairAttribution):
@@ -44,8 +33,15 @@ class LayerGradFAM(GradientPairAttribution):
     Map" (arXiv 2307.05017), SFAM's precursor.
     """
 
+    pair_score = staticmethod(half_squared_norms)
     #: the score has no pair term: a contrast would not change the maps
-    supports_contrast = False
+    contrast_refusal = (
+        "LayerGradFAM has no contrastive map: its maps do not depend on the "
+        "support, so contrast would give all-zero or unchanged maps"
+    )
 
-    def _pair_score(self, query: Tensor, shots: Tensor) -> Tensor:
-        return half_squared_norms(query, shots)
+
+__all__ = [
+    "LayerGradFAM",
+    "half_squared_norms",
+]

@@ -2,54 +2,17 @@ r"""RAM: Ranking Activation Map (Yang et al., CVPR 2019)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
-from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attribution import PairAttribution
-from .._utils.checks import PoolingType
-from .._utils.features import PooledPair, ReshapeTransform
-
-WEIGHTINGS = ("self", "other", "product")
-
-
-def ram_weights(
-    query_vectors: Tensor,
-    shot_vectors: Tensor,
-    weighting: str,
-    contrast_shots: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    r"""RAM's weight rule, broadcasting over leading dims.
-
-    query_vectors (..., N) and shot_vectors (..., K, N) -> query weights
-    (..., N) and shot weights (..., K or 1, N). The rule is linear in
-    :math:`V^S`, so against a contrast (``contrast_shots`` (..., K', N),
-    :math:`V^{S'}` their mean) the query weights are those for :math:`S`
-    minus those for :math:`S'`: :math:`v^S - v^{S'}` for "other" and
-    :math:`v^Q (v^S - v^{S'})` for "product" (the channel's contribution to
-    :math:`\langle V^Q, V^S\rangle - \langle V^Q, V^{S'}\rangle`, which
-    "product" also gives the shots). "other" shots keep their weights
-    (:math:`S'` does not involve them). "self" is pair-agnostic: a contrast
-    is a ValueError (it would give all-zero query maps).
-    """
-    if weighting == "self":  # each image weighted by its own pooled vector
-        if contrast_shots is not None:
-            raise ValueError(
-                'weighting="self" does not depend on the support: no contrast'
-            )
-        return query_vectors, shot_vectors
-    contrast = None if contrast_shots is None else contrast_shots.mean(dim=-2)
-    support_vectors = shot_vectors.mean(dim=-2)  # Eq. 1
-    if contrast is not None:  # linear in V^S: weights(S) - weights(S')
-        support_vectors = support_vectors - contrast
-    if weighting == "other":  # each image weighted by the other side's vector
-        return support_vectors, query_vectors.unsqueeze(-2)
-    product = query_vectors * support_vectors  # channel contributions to V^Q.V^S
-    return product, product.unsqueeze(-2)
+from .._engine.checks import PoolingType
+from .._engine.forward import ForwardPairAttribution
+from .._engine.layer import ReshapeTransform
+from ..functional.ram import WEIGHTINGS, ram_weights
 
 
-class LayerRAM(PairAttribution):
+class LayerRAM(ForwardPairAttribution):
     r"""
     Ranking Activation Map (RAM), the re-identification baseline of the SFAM
     paper: a CAM whose channel weights are pooled embedding values instead of
@@ -117,13 +80,19 @@ class LayerRAM(PairAttribution):
                 f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
             )
         self.weighting = weighting
+        self.rule_options = {"weighting": weighting}
+        if weighting == "self":  # the query's map ignores the support
+            self.contrast_refusal = (
+                'LayerRAM(weighting="self") has no contrastive map: its maps do '
+                "not depend on the support, so contrast would give all-zero or "
+                'unchanged maps ("other" and "product" have one)'
+            )
 
-    @property  # type: ignore[override]
-    def supports_contrast(self) -> bool:  # "self" ignores the support
-        return self.weighting != "self"
+    weight_rule = staticmethod(ram_weights)
 
-    def _contrast_hint(self) -> str:
-        return '(weighting="self"; "other" and "product" have one)'
 
-    def _pair_weights(self, pair: PooledPair) -> Tuple[Tensor, Tensor]:
-        return ram_weights(pair.query, pair.shots, self.weighting, pair.contrast_shots)
+__all__ = [
+    "WEIGHTINGS",
+    "LayerRAM",
+    "ram_weights",
+]

@@ -25,6 +25,7 @@ from captum_sfam import (
     LayerDecomposition,
     LayerRAM,
 )
+from captum_sfam.functional import PooledPair
 from captum_sfam.methods.decomposition import (
     decomposition_maps,
     decomposition_weights,
@@ -45,8 +46,7 @@ def test_weight_rule_equals_the_slow_rule_in_every_layout(pair, with_head, data)
         dims = data.draw(st.integers(1, 4))
         head = data.draw(arrays(np.float64, (dims, n), elements=GRID))
     query_weights, shot_weights = decomposition_weights(
-        torch.from_numpy(q),
-        torch.from_numpy(shots),
+        PooledPair(torch.from_numpy(q), torch.from_numpy(shots)),
         None if head is None else torch.from_numpy(head),
     )
     lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
@@ -88,6 +88,7 @@ def test_maps_equal_the_slow_loops_in_every_layout(case, pooling):
     q_maps, s_maps = decomposition_maps(
         torch.from_numpy(query),
         torch.from_numpy(support),
+        None,
         pooling,
         None if head is None else torch.from_numpy(head),
     )

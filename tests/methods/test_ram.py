@@ -20,6 +20,8 @@ from hypothesis.extra.numpy import arrays
 from captum_sfam import (
     LayerRAM,
 )
+from captum_sfam.functional import PooledPair
+from captum_sfam.methods import supports_contrast
 from captum_sfam.methods.ram import ram_weights
 
 F64 = torch.float64
@@ -30,7 +32,7 @@ def test_weight_rule_equals_the_slow_rule_in_every_layout(pair, weighting):
     """ram_weights, pair by pair, equals the three readings written with loops."""
     q, shots = pair
     query_weights, shot_weights = ram_weights(
-        torch.from_numpy(q), torch.from_numpy(shots), weighting
+        PooledPair(torch.from_numpy(q), torch.from_numpy(shots)), weighting
     )
     lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
     n, k = q.shape[-1], shots.shape[-2]
@@ -131,8 +133,11 @@ def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, weighting, d
         arrays(np.float64, (*shots.shape[:-2], k_c, q.shape[-1]), elements=grid)
     )
     query_weights, shot_weights = ram_weights(
-        torch.from_numpy(q), torch.from_numpy(shots), weighting,
-        torch.from_numpy(contrast),
+        PooledPair(
+            torch.from_numpy(q), torch.from_numpy(shots),
+            contrast_shots=torch.from_numpy(contrast),
+        ),
+        weighting,
     )  # fmt: skip
     lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
     n, k = q.shape[-1], shots.shape[-2]
@@ -173,8 +178,8 @@ def test_self_weighting_refuses_a_contrast():
     model = TinyCNN(negative=True).eval()
     q, s, c = images(2, 3, 16, 16, seed=1), images(3, 16, 16, seed=2), images(3, 16, 16)
     method = LayerRAM(model, model.features, weighting="self")
-    assert not method.supports_contrast
-    assert LayerRAM(model, model.features, weighting="other").supports_contrast
+    assert not supports_contrast(method)
+    assert supports_contrast(LayerRAM(model, model.features, weighting="other"))
     for call in (
         lambda: method.attribute(q, s[None], contrast=c[None]),
         lambda: method.channel_weights(q, s[None], contrast=c[None]),
@@ -183,4 +188,9 @@ def test_self_weighting_refuses_a_contrast():
         with pytest.raises(ValueError, match='weighting="self".*"other"'):
             call()
     with pytest.raises(ValueError, match="no contrast"):
-        ram_weights(torch.ones(2, 4), torch.ones(2, 1, 4), "self", torch.ones(2, 1, 4))
+        ram_weights(
+            PooledPair(
+                torch.ones(2, 4), torch.ones(2, 1, 4), 1, 1, torch.ones(2, 1, 4)
+            ),
+            "self",
+        )

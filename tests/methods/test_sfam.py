@@ -33,7 +33,8 @@ from captum_sfam import (
     tokens_to_grid,
     weight_spread,
 )
-from captum_sfam._utils.attribution import weighted_sum
+from captum_sfam._engine.layer import weighted_sum
+from captum_sfam.functional import PooledPair
 from captum_sfam.methods.sfam import sfam_weights
 
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
@@ -60,7 +61,7 @@ def test_weight_rule_equals_the_slow_rule_in_every_layout(pair, metric):
     written with loops; N = 1 and a zero vector with cosine raise."""
     q, shots = pair
     n = q.shape[-1]
-    args = torch.from_numpy(q), torch.from_numpy(shots), metric
+    args = PooledPair(torch.from_numpy(q), torch.from_numpy(shots)), metric
     support = shots.mean(-2)
     zero = min(np.abs(q).max(-1).min(), np.abs(support).max(-1).min()) == 0
     if n == 1 or (metric == "cosine" and zero):
@@ -536,12 +537,16 @@ def test_contrast_weights_equal_the_slow_rule_in_every_layout(pair, metric, data
     vectors = (q, shots.mean(-2), contrast.mean(-2))
     if metric == "cosine" and min(np.abs(v).max(-1).min() for v in vectors) == 0:
         with pytest.raises(ValueError, match="zero vector"):
-            sfam_weights(*map(torch.from_numpy, (q, shots)), metric,
-                         torch.from_numpy(contrast))  # fmt: skip
+            sfam_weights(PooledPair(*map(torch.from_numpy, (q, shots)), 1, 1,
+                                    torch.from_numpy(contrast)), metric)  # fmt: skip
         return
     query_weights, shot_weights = sfam_weights(
-        torch.from_numpy(q), torch.from_numpy(shots), metric, torch.from_numpy(contrast)
-    )
+        PooledPair(
+            torch.from_numpy(q), torch.from_numpy(shots),
+            contrast_shots=torch.from_numpy(contrast),
+        ),
+        metric,
+    )  # fmt: skip
     lead = np.broadcast_shapes(q.shape[:-1], shots.shape[:-2])
     n = q.shape[-1]
     assert query_weights.dtype == F64 and shot_weights.shape == (*lead, 1, n)
@@ -564,13 +569,14 @@ def test_contrast_weights_are_antisymmetric_and_bounded(pair, metric, data):
     q, s = pair
     c = torch.from_numpy(data.draw(arrays(np.float64, s.shape, elements=FINITE)))
     assume(c.abs().max() > 1e-6)
-    w = sfam_weights(q, s[None], metric, c[None])[0]
-    back = sfam_weights(q, c[None], metric, s[None])[0]
+    w = sfam_weights(PooledPair(q, s[None], contrast_shots=c[None]), metric)[0]
+    back = sfam_weights(PooledPair(q, c[None], contrast_shots=s[None]), metric)[0]
     torch.testing.assert_close(w, -back)
     assert w.abs().max() <= 1.0
     assert w.abs().max() == 1.0 or (w == 0).all()
     torch.testing.assert_close(
-        sfam_weights(q, s[None], metric, s[None])[0], torch.zeros_like(w)
+        sfam_weights(PooledPair(q, s[None], contrast_shots=s[None]), metric)[0],
+        torch.zeros_like(w),
     )
 
 

@@ -27,7 +27,7 @@ from captum_sfam import (
     LayerSimilarityGradCam,
     SimilarityTarget,
 )
-from captum_sfam._utils.features import PooledPair
+from captum_sfam.functional import PooledPair
 from captum_sfam.methods.similarity_grad_cam import similarity_grad_cam_weights
 
 

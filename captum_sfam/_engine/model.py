@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
-from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.nn import Module
+
+from .checks import warn
 
 #: how the embedding is read from a model output: None (the output is the
 #: embedding), a key (dict key or ``ModelOutput`` field), an index (tuple) or
@@ -98,15 +98,6 @@ def find_model(
 
 
 # ------------------------------------------------------------ the output ----
-def _describe(output: Any) -> str:
-    if isinstance(output, Mapping):
-        return f"a {type(output).__name__} with keys {list(output.keys())}"
-    if isinstance(output, (tuple, list)):
-        kinds = [type(o).__name__ for o in output]
-        return f"a {type(output).__name__} of {len(output)} items {kinds}"
-    return f"a {type(output).__name__}"
-
-
 def check_embedding_func(embedding_func: object) -> EmbeddingFunc:
     if embedding_func is None or callable(embedding_func):
         return embedding_func  # type: ignore[return-value]
@@ -118,55 +109,6 @@ def check_embedding_func(embedding_func: object) -> EmbeddingFunc:
     )
 
 
-def select_embedding(output: Any, embedding_func: EmbeddingFunc) -> Tensor:
-    """The (B, D) embedding in a model output (other tensor shapes flattened).
-
-    ``embedding_func`` None: the output must be a tensor. A str reads a dict
-    key or a ``ModelOutput`` field, an int a tuple item, a callable maps the
-    output to the embedding.
-    """
-    if embedding_func is None:
-        value = output
-        if not isinstance(value, Tensor):
-            raise TypeError(
-                f"forward_func returned {_describe(output)}, not the embedding "
-                "tensor: pass embedding_func= to pick it (a key such as "
-                "'pooler_output' or 'embedding', an index such as 0, or a "
-                "callable mapping the output to (B, D))"
-            )
-    elif callable(embedding_func):
-        value = embedding_func(output)
-    elif isinstance(embedding_func, str):
-        if isinstance(output, Mapping) and embedding_func in output:
-            value = output[embedding_func]
-        elif not isinstance(output, Mapping) and hasattr(output, embedding_func):
-            value = getattr(output, embedding_func)
-        else:
-            raise ValueError(
-                f"embedding_func={embedding_func!r}: forward_func returned "
-                f"{_describe(output)}, which has no such key"
-            )
-    else:
-        if not isinstance(output, (tuple, list)) or not (
-            -len(output) <= embedding_func < len(output)
-        ):
-            raise ValueError(
-                f"embedding_func={embedding_func!r}: forward_func returned "
-                f"{_describe(output)}, which has no such index"
-            )
-        value = output[embedding_func]
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"embedding_func must select a Tensor, got {type(value).__name__}"
-        )
-    if value.dim() < 2:
-        raise ValueError(
-            f"the embedding must be (B, D), got shape {tuple(value.shape)}: "
-            "check embedding_func"
-        )
-    return value.reshape(value.shape[0], -1)
-
-
 def warn_if_classifier(model: Optional[Module], embedding_func: EmbeddingFunc) -> None:
     """Warn when ``model`` still ends in a classifier head: its output are
     logits, which gradient members would use as the embedding."""
@@ -175,14 +117,13 @@ def warn_if_classifier(model: Optional[Module], embedding_func: EmbeddingFunc) -
     for name in ("fc", "classifier", "head", "heads"):
         head = getattr(model, name, None)
         if isinstance(head, Module) and _ends_in_classifier(head):
-            warnings.warn(
+            warn(
                 f"forward_func still has its classifier head (.{name}: "
                 f"{type(head).__name__}), so its output are class logits, used "
                 f"here as the embedding. Remove it (model.{name} = "
                 "torch.nn.Identity()) or pass embedding_func= to select the "
                 "embedding (pass embedding_func=lambda out: out to keep the "
-                "logits and silence this warning)",
-                stacklevel=4,
+                "logits and silence this warning)"
             )
             return
 
@@ -239,34 +180,6 @@ def channel_count(layer: Module, model: Optional[Module] = None) -> Optional[int
     return None
 
 
-def channels_last(act: Tensor, count: Optional[int], layout: str) -> bool:
-    """Whether the 4-D activations ``act`` are (B, H, W, N).
-
-    Declared by ``layout``, or detected: the channel ``count`` the parameters
-    give (:func:`channel_count`) must match dim 1 or dim 3, not both. Without
-    that evidence, shapes that look channels-last ((B, a, a, c) with c != a)
-    raise instead of being guessed.
-    """
-    if layout == "channels_first":
-        return False
-    if layout == "channels_last":
-        return True
-    if layout == "tokens":
-        raise ValueError(
-            f"layout='tokens' expects (B, T, N) activations, got {tuple(act.shape)}"
-        )
-    first, last = act.shape[1] == count, act.shape[3] == count
-    if count is not None and first != last:
-        return last
-    if act.shape[1] == act.shape[2] and act.shape[3] != act.shape[1]:
-        raise ValueError(
-            f"layer activations {tuple(act.shape)} may be (B, N, h, w) or "
-            "channels-last (B, H, W, N), and the layer's parameters do not tell: "
-            "pass layout='channels_first' or layout='channels_last'"
-        )
-    return False
-
-
 def prefix_tokens(model: Optional[Module]) -> Optional[int]:
     """Tokens before the patch tokens, read from the model, or None."""
     if model is None:
@@ -319,7 +232,7 @@ def tokens_grid(
     return None
 
 
-def siamese_hint(error: TypeError, forward_func: Callable[..., Any]) -> Optional[str]:
+def siamese_hint(error: TypeError) -> Optional[str]:
     """A message for a model whose forward needs two inputs (a Siamese pair)."""
     text = str(error)
     if "missing" in text and "required positional argument" in text:

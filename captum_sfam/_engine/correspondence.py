@@ -20,21 +20,19 @@ its own rectified, max-normalised P).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution
 from torch import Tensor
 
-from .checks import deferred_checks
-from .formatting import TensorOrTuple
-from .maps import finalize_maps
+from ..functional.decomposition import blocks
+from .checks import finalize_maps, public_call
+from .pairs import TensorOrTuple, pair_arguments
 
 #: the readings of :func:`correspondence_scores`
 READINGS = ("dot", "cosine", "weighted")
-#: scores (pairs x query positions x support positions) built at once
-MAX_BLOCK_ELEMENTS = 1 << 24
 
 
 def check_reading(reading: object) -> str:
@@ -79,21 +77,6 @@ def correspondence_scores(
     return q @ s.transpose(-1, -2)
 
 
-def blocks(query: Tensor, support: Tensor) -> Iterator[Tuple[Tensor, Tensor]]:
-    """Slices of the first leading dim of query (..., N, h, w) and support
-    (..., K, N, h', w') small enough for ``MAX_BLOCK_ELEMENTS`` scores."""
-    lead = torch.broadcast_shapes(query.shape[:-3], support.shape[:-4])
-    support_positions = support.shape[-4] * support.shape[-2:].numel()
-    per_row = lead[1:].numel() * query.shape[-2:].numel() * support_positions
-    step = max(1, MAX_BLOCK_ELEMENTS // max(1, per_row))
-    for start in range(0, lead[0], step):
-        rows = slice(start, start + step)
-        yield (
-            query[rows] if query.shape[0] > 1 else query,
-            support[rows] if support.shape[0] > 1 else support,
-        )
-
-
 def query_cell(
     point: Tuple[float, float], image_size: Tuple[int, int], grid: Tuple[int, int]
 ) -> Tuple[int, int]:
@@ -110,8 +93,8 @@ def query_cell(
 class CorrespondenceMixin:
     r"""``point_to_point`` and ``point_map`` for every member of the family.
 
-    Needs the engine's ``_pair_features`` and ``_weights``
-    (:class:`~captum_sfam._utils.attribution.PairAttribution`); a member
+    Needs the member's ``_features`` and ``_weights``
+    (:class:`~captum_sfam.methods.PairAttribution`); a member
     changes a reading by overriding :meth:`_correspondence_scores` and its
     default by ``correspondence_reading``.
     """
@@ -126,7 +109,7 @@ class CorrespondenceMixin:
         """(..., h*w, K*h'*w') position scores, :func:`correspondence_scores`."""
         return correspondence_scores(query, support, reading, weights)
 
-    @deferred_checks()
+    @public_call
     def point_to_point(
         self,
         inputs: TensorOrTuple,
@@ -167,14 +150,15 @@ class CorrespondenceMixin:
         reading = check_reading(
             self.correspondence_reading if reading is None else reading
         )
-        features = self._pair_features(  # type: ignore[attr-defined]
+        pairs = pair_arguments(
             inputs, support, additional_forward_args, attribute_to_layer_input
         )
-        query, shots = features.query, features.support
+        features = self._features(pairs)  # type: ignore[attr-defined]
+        query, shots, batch = features.query, features.support, pairs.batch_size
         weights = None
         if reading == "weighted":  # (B or 1, N) query channel weights
             weights = self._weights(features)[0]  # type: ignore[attr-defined]
-            weights = weights.expand(features.batch_size, -1)
+            weights = weights.expand(batch, -1)
         with torch.no_grad():
             parts, start = [], 0
             for q, s in blocks(query, shots):
@@ -182,10 +166,9 @@ class CorrespondenceMixin:
                 start += q.shape[0]
                 parts.append(self._correspondence_scores(q, s, reading, w))
             scores = torch.cat(parts).reshape(
-                features.batch_size, *query.shape[-2:], shots.shape[1],
-                *shots.shape[-2:],
-            )  # fmt: skip
-            return finalize_maps(scores, False, features.output_dtype)
+                batch, *query.shape[-2:], shots.shape[1], *shots.shape[-2:]
+            )
+            return finalize_maps(scores, False, features.dtype)
 
     def point_map(
         self,

@@ -1,1 +1,0 @@
-"""Plumbing shared by every member: checks, formatting, capture, maps, the engine."""
