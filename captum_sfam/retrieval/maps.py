@@ -14,6 +14,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..methods import ForwardPairAttribution
 from .settings import RunSettings
 from .store import MAP_DTYPE, save_tensors, shard_name
 
@@ -26,7 +27,7 @@ def _pair_maps(
     method, gallery, device = settings.method, settings.gallery, settings.device
     relu, batch_size = settings.relu_attributions, settings.batch_size
     n, k = neighbours.shape
-    if method.forward_only:
+    if isinstance(method, ForwardPairAttribution):  # it has attribute_pairs
         # each distinct neighbour of the batch runs through the network once
         unique, inverse = torch.unique(neighbours.flatten().cpu(), return_inverse=True)
         items = gallery.take(unique.tolist()).to(device)
