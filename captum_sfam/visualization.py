@@ -59,6 +59,26 @@ def _draw(ax, attribution: Tensor, image: np.ndarray, title: str, sign: str) -> 
     ax.axis("off")
 
 
+def _panel(
+    ax, image: np.ndarray, attribution: Optional[Tensor], title: str, sign: str
+) -> None:
+    """The image alone (no attribution) or with its map blended over it."""
+    if attribution is None:
+        ax.imshow(image)
+        ax.set_title(title)
+        ax.axis("off")
+    else:
+        _draw(ax, attribution, image, title, sign)
+
+
+def _finish(fig, path: Union[None, str, Path]):
+    """Lays the figure out and saves it (PNG at 100 dpi) when given a path."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def visualize_pair(
     query_image: ArrayLike,
     query_map: Tensor,
@@ -109,26 +129,19 @@ def visualize_pair(
     fig = Figure(figsize=(3 * columns, 3.4))
     axes = fig.subplots(1, columns)
     query = to_display(query_image, mean, std, denormalize, stacklevel=3)
-    axes[0].imshow(query)
-    axes[0].set_title("query")
-    axes[0].axis("off")
+    _panel(axes[0], query, None, "query", sign)
     _draw(axes[1], query_map, query, "query map", sign)
     for k, support in enumerate(support_images):
         image = to_display(support, mean, std, denormalize, stacklevel=3)
         if support_maps is None:
-            axes[2 + k].imshow(image)
-            axes[2 + k].set_title(f"support {k}")
-            axes[2 + k].axis("off")
+            _panel(axes[2 + k], image, None, f"support {k}", sign)
         else:
-            _draw(axes[2 + k], support_maps[k], image, f"support {k} map", sign)
+            _panel(axes[2 + k], image, support_maps[k], f"support {k} map", sign)
     title = (
         method if similarity is None else f"{method}   similarity = {similarity:.3f}"
     )
     fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def compare_methods(
@@ -175,19 +188,12 @@ def compare_methods(
         axes[row, 0].title.set_fontsize(9)
         for k, image in enumerate(supports):
             ax = axes[row, 1 + k]
-            if support_maps is None:
-                ax.imshow(image)
-                ax.set_title(f"support {k}")
-                ax.axis("off")
-            else:
-                _draw(ax, support_maps[k], image, f"support {k}", sign)
+            attribution = None if support_maps is None else support_maps[k]
+            _panel(ax, image, attribution, f"support {k}", sign)
             ax.title.set_fontsize(9)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def _best_matches(
@@ -260,10 +266,8 @@ def visualize_correspondences(
     support = to_display(support_image, stacklevel=3)
     fig = Figure(figsize=(8, 4.4))
     ax_q, ax_s = fig.subplots(1, 2)
-    for ax, image, name in ((ax_q, query, "query"), (ax_s, support, "support")):
-        ax.imshow(image)
-        ax.set_title(name)
-        ax.axis("off")
+    _panel(ax_q, query, None, "query", "positive")
+    _panel(ax_s, support, None, "support", "positive")
     cmap = colormaps["viridis"]
     values = best_score[chosen] if chosen else best_score[:0]
     low = float(values.min()) if chosen else 0.0
@@ -285,10 +289,7 @@ def visualize_correspondences(
         ax_q.plot(*start, "o", color=colour, markersize=3)
         ax_s.plot(*end, "o", color=colour, markersize=3)
     fig.suptitle(title or f"{len(chosen)} best {'mutual ' if mutual else ''}matches")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 __all__ = [
