@@ -88,6 +88,7 @@ def similarity(
 
 # ------------------------------------------------------------ commands -----
 def explain(args: argparse.Namespace) -> int:
+    """Runs ``captum-sfam explain``: prints the similarity, writes the figure."""
     from ..visualization import visualize_pair
 
     paths = [args.query, *args.support]
