@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
 from helpers import TinyCNN, images
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captum_sfam import LayerSFAM
@@ -161,6 +164,204 @@ def test_metric_argument_errors():
     assert np.isnan(
         localization([torch.rand(4, 4)], [(0, 0, 1, 1)], [False])["mean_iou"]
     )
+
+
+# ----------------------------------------------- graded maps and thresholds --
+def slow_box(values, threshold=0.2):
+    """The protocol's box by hand: min-max normalise, keep the cells at or above
+    ``threshold``, flood-fill 8-connected components in raster order, box
+    (x0, y0, x1, y1) with x1, y1 excluded of the largest (the first found among
+    equals); None for a constant map."""
+    flat = [v for row in values for v in row]
+    low, high = min(flat), max(flat)
+    if high == low:
+        return None
+    h, w = len(values), len(values[0])
+    keep = {
+        (y, x)
+        for y in range(h)
+        for x in range(w)
+        if (values[y][x] - low) / (high - low) >= threshold
+    }
+    seen, best = set(), []
+    for start in sorted(keep):
+        if start in seen:
+            continue
+        seen.add(start)
+        stack, component = [start], []
+        while stack:
+            y, x = stack.pop()
+            component.append((y, x))
+            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+                near = (y + dy, x + dx)
+                if near in keep and near not in seen:
+                    seen.add(near)
+                    stack.append(near)
+        if len(component) > len(best):
+            best = component
+    ys, xs = [p[0] for p in best], [p[1] for p in best]
+    return (min(xs), min(ys), max(xs) + 1, max(ys) + 1)
+
+
+# eighths: every min-max normalised value is exact enough that float32 and the
+# reference agree on each side of 0.2 and 0.5 (1/8 over 5/8 is 0.2 itself)
+graded_maps = st.integers(2, 7).flatmap(
+    lambda h: st.integers(2, 7).flatmap(
+        lambda w: st.lists(
+            st.lists(st.integers(0, 8), min_size=w, max_size=w),
+            min_size=h,
+            max_size=h,
+        )
+    )
+)
+
+
+@settings(max_examples=300)
+@given(graded_maps)
+def test_box_from_map_equals_the_protocol_by_hand(rows):
+    values = [[v / 8 for v in row] for row in rows]
+    got = box_from_map(torch.tensor(values))
+    assert got == slow_box(values)  # the paper's threshold, 0.2
+    assert box_from_map(torch.tensor(values), 0.5) == slow_box(values, 0.5)
+
+
+def test_box_threshold_on_a_graded_map():
+    # a core (1.0) inside a halo (0.3): 0.2 keeps the halo, 0.5 the core only
+    m = torch.zeros(20, 20)
+    m[6:14, 4:16] = 0.3
+    m[8:12, 8:12] = 1.0
+    halo, core = (4.0, 6.0, 16.0, 14.0), (8.0, 8.0, 12.0, 12.0)
+    assert box_from_map(m) == halo
+    assert box_from_map(m, threshold=0.5) == core
+    assert localization([m], [halo])["mean_iou"] == 1.0  # default: the paper's
+    result = localization([m], [halo], threshold=0.5)
+    assert result["mean_iou"] == pytest.approx(16 / 96)
+    # a cell exactly at the threshold is kept; one diagonal step joins it
+    m[12, 12] = 0.5
+    assert box_from_map(m, threshold=0.5) == (8.0, 8.0, 13.0, 13.0)
+    m[12, 12] = 0.25  # below 0.5 (and 0.25 >= 0.2: part of the halo)
+    assert box_from_map(m, threshold=0.5) == core
+
+
+def test_box_is_of_the_largest_component_even_when_it_is_found_last():
+    m = torch.zeros(12, 12)
+    m[0:2, 0:2] = 1.0  # 4 cells, first in raster order
+    m[5:10, 4:9] = 0.6  # 25 cells, weaker but larger: the box
+    assert box_from_map(m) == (4.0, 5.0, 9.0, 10.0)
+    m[5:10, 6] = 0.0  # cut in two 10-cell halves: the first in raster order
+    assert box_from_map(m) == (4.0, 5.0, 6.0, 10.0)
+
+
+def test_box_components_are_8_connected():
+    m = torch.zeros(10, 10)
+    m[0, 0] = m[1, 1] = m[2, 2] = 1.0  # one component through the corners
+    m[6, 6] = m[6, 7] = 1.0  # 2 cells side by side
+    assert box_from_map(m) == (0.0, 0.0, 3.0, 3.0)
+
+
+def test_localization_accuracy_counts_ious_at_or_above_one_half():
+    m = blob(box=(0, 0, 10, 10))  # its box is (0, 0, 10, 10)
+    boxes = [(0, 0, 7, 10), (0, 0, 5, 10), (0, 0, 3, 10)]  # IoU 0.7, 0.5, 0.3
+    result = localization([m] * 3, boxes)
+    assert result["ious"] == pytest.approx([0.7, 0.5, 0.3])
+    assert result["mean_iou"] == pytest.approx(0.5)
+    assert result["accuracy"] == pytest.approx(2 / 3)  # 0.7 and 0.5 hit
+    assert localization([m] * 3, boxes, iou_threshold=0.25)["accuracy"] == 1.0
+    assert localization([m] * 3, boxes, iou_threshold=0.75)["accuracy"] == 0.0
+
+
+boxes_on_a_grid = st.tuples(
+    st.integers(0, 8), st.integers(0, 8), st.integers(1, 6), st.integers(1, 6)
+).map(lambda b: (b[0], b[1], b[0] + b[2], b[1] + b[3]))
+
+
+@given(boxes_on_a_grid, boxes_on_a_grid)
+def test_box_iou_counts_pixels(a, b):
+    def pixels(box):
+        x0, y0, x1, y1 = box
+        return {(x, y) for x in range(x0, x1) for y in range(y0, y1)}
+
+    pa, pb = pixels(a), pixels(b)
+    assert box_iou(a, b) == pytest.approx(len(pa & pb) / len(pa | pb))
+    assert box_iou(a, b) == box_iou(b, a)
+
+
+def test_pointing_game_boxes_are_half_open():
+    m = torch.zeros(10, 10)
+    m[3, 7] = 1.0  # y = 3, x = 7
+    assert pointing_game(m, (7, 3, 8, 4))  # first column and row hold it
+    assert not pointing_game(m, (5, 1, 7, 4))  # x1 = 7 is outside
+    assert not pointing_game(m, (5, 1, 8, 3))  # y1 = 3 is outside
+    assert pointing_game(m, (5, 1, 7, 3), tolerance=1)  # grown by one pixel
+    assert pointing_game(m, (9, 5, 12, 8), tolerance=2)  # x0 - 2 = 7, y0 - 2 = 3
+    assert not pointing_game(m, (9, 5, 12, 8), tolerance=1.5)
+
+
+# ------------------------------------------ pair specificity, edge cases --
+def test_pair_specificity_without_positive_mass():
+    box_a, box_b = (0, 0, 10, 20), (10, 0, 20, 20)
+    on_a, nothing = blob(box=box_a), -blob(box=box_b)  # no positive mass
+    one = pair_specificity(on_a, nothing, box_a, box_b)
+    # no mass in either box: share 1/2; all of one map's mass against none
+    assert one == {"specificity": 0.75, "share_a": 1.0, "share_b": 0.5, "shift": 1.0}
+    none = pair_specificity(nothing, nothing, box_a, box_b)
+    assert none == {"specificity": 0.5, "share_a": 0.5, "share_b": 0.5, "shift": 0.0}
+
+
+def test_pair_specificity_ignores_negative_values():
+    box_a, box_b = (0, 0, 10, 20), (10, 0, 20, 20)
+    on_a, on_b = blob(box=box_a), blob(box=box_b)
+    signed = pair_specificity(on_a - 2 * on_b, on_b - 3 * on_a, box_a, box_b)
+    assert signed == pair_specificity(on_a, on_b, box_a, box_b)
+    assert signed["specificity"] == 1.0
+
+
+def test_pair_specificity_rounds_boxes_to_the_nearest_pixel_edge():
+    m = torch.zeros(20, 20)
+    m[:, 9] = 1.0  # column 9: inside box_a once x1 = 9.6 rounds to 10
+    m[:, 15] = 1.0  # column 15: inside box_b
+    box_a, box_b = (0, 0, 9.6, 20), (10.4, 0, 20, 20)
+    result = pair_specificity(m, m, box_a, box_b)
+    assert result["share_a"] == 0.5 and result["share_b"] == 0.5
+    # x0 = 9.4 rounds to 9: column 9 is in both boxes
+    both = pair_specificity(m, m, (0, 0, 10, 20), (9.4, 0, 20, 20))
+    assert both["share_a"] == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------- sanity check, contract --
+def test_sanity_check_reinitialises_as_documented():
+    # each parameter of each named layer in turn: N(0, 1 / fan_in) draws of one
+    # generator seeded with `seed`, fan_in the size of one output's weights
+    model = TinyCNN().eval()
+    states = []
+
+    def explain(m):
+        states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return torch.rand(4, 4)
+
+    layers = ["head", "features.0"]
+    for seed in (0, 3):
+        states.clear()
+        kwargs = {} if seed == 0 else {"seed": seed}  # 0 by default
+        sanity_check(model, explain, layers, **kwargs)
+        gen = torch.Generator().manual_seed(seed)
+        for step, layer in enumerate(layers, start=1):
+            for name, p in model.get_submodule(layer).named_parameters():
+                fan_in = p[0].numel() if p.dim() > 1 else p.numel()
+                expected = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+                for later in states[step:]:  # cumulative: kept by later steps
+                    torch.testing.assert_close(later[f"{layer}.{name}"], expected)
+            assert torch.equal(
+                states[step - 1][f"{layer}.weight"], states[0][f"{layer}.weight"]
+            )
+
+
+def test_sanity_check_compares_signs_and_magnitudes():
+    m = torch.arange(1.0, 17.0).reshape(4, 4)
+    maps = iter([m, -m])  # the randomised model flips the map's sign
+    rows = sanity_check(TinyCNN(), lambda _: next(maps), ["head"])
+    assert rows[0]["spearman"] == pytest.approx(-1.0)
+    assert rows[0]["spearman_abs"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------ retrieval ----

@@ -48,6 +48,7 @@ from .localization import (
     box_iou,
     localization,
     normalize_map,
+    pair_specificity,
     pointing_game,
 )
 from .pairs import (
@@ -55,7 +56,6 @@ from .pairs import (
     contrastive_deletion_insertion,
     deletion_insertion,
     pair_similarity_fn,
-    pair_specificity,
     simultaneous_deletion_insertion,
 )
 from .retrieval import nearest_neighbours, recall_at_k

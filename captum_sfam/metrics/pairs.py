@@ -1,4 +1,5 @@
-r"""Pair metrics: specificity to the support, deletion/insertion of the similarity."""
+r"""Pair metrics: deletion and insertion of the pair similarity (RISE and its pair
+forms: conditional, simultaneous, contrastive), on one perturbation engine."""
 
 from __future__ import annotations
 
@@ -10,55 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..similarity import embed, paired_similarity, prototypes
-from .localization import Box, _map2d
-
-
-def _box_mass(m: Tensor, box: Box) -> float:
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    return float(m[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum())
-
-
-def pair_specificity(
-    map_for_a: Tensor, map_for_b: Tensor, box_a: Box, box_b: Box
-) -> Dict[str, float]:
-    r"""Does the map follow the support?
-
-    A query holds objects A and B (boxes ``box_a``, ``box_b``). ``map_for_a``
-    explains it against a support showing A, ``map_for_b`` against one showing
-    B. With :math:`m_X(M)` the positive mass of map M inside box X,
-
-    .. math::
-        \mathrm{specificity} = \tfrac12\Big[\frac{m_A(M_a)}{m_A(M_a)+m_B(M_a)}
-        + \frac{m_B(M_b)}{m_A(M_b)+m_B(M_b)}\Big],
-
-    1 when each map sits on the matching object, 0.5 for a pair-agnostic map
-    (:math:`M_a = M_b`), 0 when each sits on the other object. ``shift`` is the
-    total-variation distance between the two maps' positive mass
-    distributions, in [0, 1]: how much the map moves when the support is
-    swapped (0 for a pair-agnostic map).
-    """
-    ma = _map2d(map_for_a, "map_for_a").clamp(min=0)
-    mb = _map2d(map_for_b, "map_for_b").clamp(min=0)
-    if ma.shape != mb.shape:
-        raise ValueError("map_for_a and map_for_b must have the same shape")
-
-    def share(m: Tensor, own: Box, other: Box) -> float:
-        a, b = _box_mass(m, own), _box_mass(m, other)
-        return a / (a + b) if a + b > 0 else 0.5
-
-    spec_a, spec_b = share(ma, box_a, box_b), share(mb, box_b, box_a)
-    ta, tb = float(ma.sum()), float(mb.sum())
-    if ta > 0 and tb > 0:
-        shift = 0.5 * float((ma / ta - mb / tb).abs().sum())
-    else:
-        shift = 0.0 if ta == tb else 1.0
-    return {
-        "specificity": 0.5 * (spec_a + spec_b),
-        "share_a": spec_a,
-        "share_b": spec_b,
-        "shift": shift,
-    }
-
 
 PairScore = Callable[[Tensor, Tensor], Tensor]
 SUBSTRATES = ("zeros", "blur")

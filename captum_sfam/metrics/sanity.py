@@ -37,9 +37,13 @@ def sanity_check(
 
     The named modules are re-initialised one after the other, from the top of
     the network down, cumulatively, on a copy of ``model`` (the original is
-    untouched). After each step the explanation is recomputed on the
-    randomised copy (the support embedding too: ``explain`` receives the copy)
-    and compared with the original map.
+    untouched): each parameter, in ``parameters()`` order, gets
+    :math:`\mathcal N(0, 1/\mathrm{fan_{in}})` draws from one generator seeded
+    with ``seed``, :math:`\mathrm{fan_{in}}` the size of one output's weights
+    (``param[0]``; the whole parameter for a 1-d one such as a bias). After
+    each step the explanation is recomputed on the randomised copy (the
+    support embedding too: ``explain`` receives the copy) and compared with
+    the original map.
 
     Caveat: randomising layers above the layer an activation-only method reads
     (e.g. an embedding head above SFAM's layer) cannot change its map: a high
