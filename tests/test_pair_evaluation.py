@@ -263,6 +263,28 @@ def test_contrastive_matches_slow_reference():
     assert_matches(result, slow)
 
 
+def test_defaults_are_32_steps_to_zeros_and_a_blur_of_sigma_5():
+    # what the docstrings promise when only the images and maps are given
+    q, s = pair(seed=2, size=(5, 7))  # 35 pixels: 2 per step, the last 1
+    _, c = pair(seed=4, size=(5, 7), shots=2)
+    mq, ms = images(5, 7, seed=8), images(5, 7, seed=9)
+    sn, cn = s.numpy(), c.numpy()
+    query = [(q[None].numpy(), mq[None].double().numpy())]
+
+    def slow(score, tracks):
+        return slow_pair_curves(score, tracks, 32, "zeros", 5.0)
+
+    alone = slow(lambda qf: np_dot(qf, sn), query)
+    assert_matches(conditional_deletion_insertion(dot_score, q, s, mq), alone)
+    support = s[None].expand(33, -1, -1, -1, -1)
+    rise = deletion_insertion(lambda b: dot_score(b, support[: len(b)]), q, mq)
+    assert_matches(rise, alone)
+    both = slow(np_dot, query + [(sn, ms[None].double().numpy())])
+    assert_matches(simultaneous_deletion_insertion(dot_score, q, s, mq, ms), both)
+    margin = slow(lambda qf: np_dot(qf, sn) - np_dot(qf, cn), query)
+    assert_matches(contrastive_deletion_insertion(dot_score, q, s, c, mq), margin)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_pair_similarity_fn_is_the_similarity_of_similarity_target(metric):
     model = TinyCNN().eval()
@@ -405,6 +427,35 @@ def test_known_pairs_shapes_and_errors():
         true_cells(flip_pair(img), (0, 3), (3, 3))
 
 
+def pil_resize(image, size):
+    """Bilinear resampling by Pillow (antialiased when it shrinks), channel by
+    channel: (C, H, W) -> (C, H', W')."""
+    pil = pytest.importorskip("PIL.Image")
+    height, width = size
+
+    def resize(channel):
+        grey = pil.fromarray(channel.float().numpy())  # mode "F"
+        out = grey.resize((width, height), pil.BILINEAR)
+        return torch.tensor(np.array(out))
+
+    return torch.stack([resize(c) for c in image])
+
+
+def test_known_pair_defaults_and_resampling():
+    img = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(0))
+    # crop_pair keeps (0.25, 0.25, 1, 1): rows [3, 12), columns [4, 16)
+    kp = crop_pair(img)
+    assert kp.affine == pytest.approx((16 / 12, -4 / 12, 12 / 9, -3 / 9))
+    torch.testing.assert_close(kp.support[0], pil_resize(img[:, 3:, 4:], (12, 16)))
+    small = crop_pair(img, size=(4, 5))  # shrinking the crop: antialiased
+    torch.testing.assert_close(small.support[0], pil_resize(img[:, 3:, 4:], (4, 5)))
+    # rescale_pair: 0.75 by default, antialiased as it shrinks
+    for scale, size in ((None, (9, 12)), (0.5, (6, 8)), (1.5, (18, 24))):
+        kp = rescale_pair(img) if scale is None else rescale_pair(img, scale)
+        assert kp.affine == (1.0, 0.0, 1.0, 0.0)
+        torch.testing.assert_close(kp.support[0], pil_resize(img, size))
+
+
 # --------------------------------------------------------------------- PCK --
 
 
@@ -535,6 +586,15 @@ def test_pck_is_invariant_to_increasing_transforms(seed, transform):
         assert correspondence_pck(moved, truth, tolerance) == correspondence_pck(
             scores, truth, tolerance
         )
+
+
+def test_pck_default_tolerance_is_one_cell():
+    truth = torch.tensor([[[1, 1]]])  # one query cell, true support cell (1, 1)
+    for peak, at_one_cell in (((1, 2), 1.0), ((0, 0), 1.0), ((1, 3), 0.0)):
+        scores = torch.zeros(1, 1, 4, 4)
+        scores[(0, 0, *peak)] = 1.0
+        assert correspondence_pck(scores, truth) == at_one_cell
+        assert correspondence_pck(scores, truth, tolerance=0) == 0.0
 
 
 def test_pck_argument_errors():

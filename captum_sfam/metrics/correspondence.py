@@ -90,7 +90,8 @@ def crop_pair(
 ) -> KnownPair:
     r"""The image and a crop of it resized to ``size`` (a zoom-in).
 
-    The crop keeps the pixels ``[round(x0 W), round(x1 W))`` x
+    Resized bilinearly, antialiased where it shrinks (as Pillow's
+    ``BILINEAR``). The crop keeps the pixels ``[round(x0 W), round(x1 W))`` x
     ``[round(y0 H), round(y1 H))``; with :math:`c_0, c_1` its edges in
     normalised coordinates, :math:`x' = (x - c_0) / (c_1 - c_0)` (the same for
     y), and query points outside the crop have no correspondence.
@@ -130,8 +131,9 @@ def crop_pair(
 def rescale_pair(image: Tensor, scale: float = 0.75) -> KnownPair:
     r"""The image and a copy at another resolution: :math:`x' = x`, :math:`y' = y`.
 
-    The support has ``round(scale * H) x round(scale * W)`` pixels, so its
-    layer grid (h', w') differs from the query's.
+    The support has ``round(scale * H) x round(scale * W)`` pixels, resampled
+    bilinearly, antialiased where it shrinks (as Pillow's ``BILINEAR``), so
+    its layer grid (h', w') differs from the query's.
 
     Args:
         image (Tensor): (C, H, W) or (1, C, H, W).
