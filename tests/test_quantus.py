@@ -146,6 +146,11 @@ def test_model_is_a_similarity_target_on_the_current_prototypes():
     torch.testing.assert_close(model.references, current)
     fixed = SimilarityTarget(net, current, "euclidean")
     torch.testing.assert_close(scores, fixed(x).detach(), rtol=0, atol=0)
+    # cosine by default
+    default = SupportSimilarityModel(net, supports)
+    assert default.metric == "cosine"
+    expected = similarity_matrix(embed(net, x), current, "cosine")
+    torch.testing.assert_close(default(x).detach(), expected)
 
 
 def test_model_argument_errors():
