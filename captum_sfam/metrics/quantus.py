@@ -229,22 +229,7 @@ def explain(
             f"{tuple(x.shape)}"
         )
     x = x.to(device=target_device, dtype=model.supports.dtype)
-    y = torch.as_tensor(
-        np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets)
-    )
-    if y.dim() == 0:
-        y = y.expand(x.shape[0])
-    if y.is_floating_point():
-        if not bool((y == y.round()).all()):
-            raise ValueError("targets must be support indices (integers)")
-        y = y.round()
-    y = y.long().flatten()
-    if y.numel() != x.shape[0]:
-        raise ValueError(
-            f"targets must hold one index per input ({x.shape[0]}), got {y.numel()}"
-        )
-    if bool(((y < 0) | (y >= model.num_classes)).any()):
-        raise ValueError(f"targets must lie in [0, {model.num_classes})")
+    y = _support_indices(targets, x.shape[0], model.num_classes)
     net = model.embedding_model
     explainer = member.cls(
         net, net.get_submodule(name), metric=model.metric, **(method_kwargs or {})
@@ -256,3 +241,25 @@ def explain(
             attr.float(), size=x.shape[-2:], mode="bilinear", align_corners=False
         )
     return attr.float().cpu().numpy()
+
+
+def _support_indices(targets: Any, count: int, classes: int) -> Tensor:
+    """(count,) int64 support indices from Quantus' targets: an array, a
+    tensor, a list or one int for all; integral floats are accepted."""
+    y = torch.as_tensor(
+        np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets)
+    )
+    if y.dim() == 0:
+        y = y.expand(count)
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise ValueError("targets must be support indices (integers)")
+        y = y.round()
+    y = y.long().flatten()
+    if y.numel() != count:
+        raise ValueError(
+            f"targets must hold one index per input ({count}), got {y.numel()}"
+        )
+    if bool(((y < 0) | (y >= classes)).any()):
+        raise ValueError(f"targets must lie in [0, {classes})")
+    return y
