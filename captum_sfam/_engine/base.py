@@ -229,5 +229,5 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         acts = self._layer.activations(
             format_inputs(inputs), "inputs", args, attribute_to_layer_input, batch_size
         )
-        checked_pass(self._layer.model, [acts], ["inputs"])
+        checked_pass(self._layer.model, [acts], [acts], ["inputs"])
         return acts  # in the model's dtype

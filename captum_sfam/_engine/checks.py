@@ -152,7 +152,9 @@ def _defer(value: Tensor, message: str, as_warning: bool) -> bool:
     call = _CALL.get()
     if call is None:
         return False
-    call.checks.append((value.reshape(()), message, as_warning))
+    call.checks.append(
+        (value if value.dim() == 0 else value.reshape(()), message, as_warning)
+    )
     return True
 
 
@@ -216,24 +218,26 @@ def check_finite(
 
 def checked_pass(
     model: Optional[torch.nn.Module],
+    passes: List[Tensor],
     activations: List[Tensor],
     names: List[str],
     zero_map: Optional[Tensor] = None,
     member: str = "",
 ) -> List[Tensor]:
-    """After the passes of a call: every part's activations (named by
-    ``names``, queries first) must have the queries' channel count and be
-    finite; returned in float32 (float64 if the queries' or the support's
-    are). A model run with BatchNorm or Dropout in training mode is warned
-    of (read after the passes: a wrapper may switch to eval itself), and so
-    is an all-zero gradient map (``zero_map``, per query) of ``member``."""
+    """After the passes of a call: their outputs (``passes``) must be finite
+    and every part's activations (named by ``names``, queries first) have
+    the queries' channel count; the parts are returned in float32
+    (float64 if the queries' or the support's are). A model run with
+    BatchNorm or Dropout in training mode is warned of (read after the
+    passes: a wrapper may switch to eval itself), and so is an all-zero
+    gradient map (``zero_map``, per query) of ``member``."""
     for act, name in zip(activations[1:], names[1:]):
         if act.shape[1] != activations[0].shape[1]:
             raise ValueError(
                 f"{name} gives {act.shape[1]} channels at the layer, inputs "
                 f"give {activations[0].shape[1]}"
             )
-    check_finite(*activations, names=["the layer activations"] * len(activations))
+    check_finite(*passes, names=["the layer activations"] * len(passes))
     if model is not None:
         warn_if_train_mode(model)
     if zero_map is not None:

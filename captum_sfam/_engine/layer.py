@@ -1,11 +1,8 @@
-r"""Stage 2: :class:`~.pairs.Pairs` -> :class:`~.pairs.Features`, through
-:class:`Layer`, which knows the explained layer (resolved once) and owns the
-hooks: the forward-only capture and the one gradient pass.
-
-Queries, support and contrast share one forward pass when a batch's images
-cannot influence each other. Hooks are removed and buffers restored even on
-errors; the model's mode, flags, parameters and ``.grad`` are never changed.
-Eq. 3's weighted sum is here too.
+r"""Stage 2: :class:`Layer` knows the explained layer (resolved once) and
+owns the hooks: the forward-only capture and the one gradient pass, of
+queries, support and contrast together when a batch's images cannot
+influence each other. Hooks are removed and buffers restored even on
+errors; the model's mode, flags, parameters and ``.grad`` never change.
 """
 
 from __future__ import annotations
@@ -100,7 +97,7 @@ class Layer:
             acts = [self.activations(p, n, *call, batch_size)
                     for p, n in zip(parts, names)]  # fmt: skip
             groups = [[i] for i in range(len(parts))]
-        return checked_pass(self.model, _split(acts, groups, parts), names)
+        return checked_pass(self.model, acts, _split(acts, groups, parts), names)
 
     def gradient_pass(
         self, pairs: Pairs, score: Score, embedding_func: EmbeddingFunc, name: str
@@ -144,7 +141,8 @@ class Layer:
         zero = (layer_grads[0].flatten(1) == 0).all(1) & (
             grads[len(flat)][: len(query)] != 0
         ).any(1)
-        acts = checked_pass(self.model, _split(acts, groups, parts), names, zero, name)
+        parts_acts = _split(acts, groups, parts)
+        acts = checked_pass(self.model, acts, parts_acts, names, zero, name)
         return acts, [g.to(acts[0].dtype) for g in layer_grads]
 
     def activations(
@@ -344,9 +342,15 @@ def _split(
     """The per-part tensors of passes that joined the parts ``groups``."""
     out: List[Tensor] = [batches[0]] * len(parts)
     for batch, group in zip(batches, groups):
-        pieces = batch.split([parts[i][0].shape[0] for i in group])
-        for i, piece in zip(group, pieces):
-            out[i] = piece
+        if len(group) == 1:
+            out[group[0]] = batch
+            continue
+        start = 0
+        for i in group:  # slices: views, no kernel
+            out[i], start = (
+                batch[start : start + len(parts[i][0])],
+                start + len(parts[i][0]),
+            )
     return out
 
 
@@ -378,11 +382,9 @@ def _first_call_hook(
         tensors = [v for v in values if isinstance(v, Tensor)]
         if not tensors or tensors[0].device in store:
             return None  # a layer called twice: the first call is explained
+        fresh = [isinstance(v, Tensor) and not v.requires_grad for v in values]
         ready = tuple(
-            v.detach().requires_grad_(True)
-            if isinstance(v, Tensor) and not v.requires_grad
-            else v
-            for v in values
+            v.detach().requires_grad_() if f else v for v, f in zip(values, fresh)
         )
         store[tensors[0].device] = tuple(v for v in ready if isinstance(v, Tensor))
         return ready if isinstance(value, tuple) else ready[0]
