@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ._engine.checks import check_finite, check_metric
-from ._engine.gradient import select_embedding
+from ._engine.checks import check_finite, check_metric, select_embedding
 from ._engine.model import (
     EmbeddingFunc,
     check_embedding_func,

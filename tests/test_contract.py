@@ -224,18 +224,27 @@ def test_inputs_the_model_cannot_take_get_a_named_error(member):
 @pytest.mark.parametrize("member, metric", PAIR_CASES)
 @pytest.mark.parametrize("shots", [None, 2])
 @pytest.mark.parametrize("pooling", ["avg", "max"])
-def test_all_pairs_equal_one_pair_at_a_time(member, metric, shots, pooling):
+@pytest.mark.parametrize("items", [4, 3], ids=["Q<M", "Q=M"])
+def test_all_pairs_equal_one_pair_at_a_time(member, metric, shots, pooling, items):
+    """result[i, j] is query i against item j; with Q = M a transposed
+    result has the right shape, so every pair is compared."""
     model = CountingCNN().eval()
     q = images(3, 3, 16, 16, seed=1)
-    gal = images(4, 3, 16, 16, seed=2) if shots is None else images(4, 2, 3, 16, 16)
+    gal = (
+        images(items, 3, 16, 16, seed=2)
+        if shots is None
+        else images(items, 2, 3, 16, 16)
+    )
     method = member.cls(model, model.features, metric=metric, pooling=pooling)
     q_maps, g_maps = method.attribute_pairs(
         q, gal, return_gallery_attributions=True, chunk_size=2
     )
     # Q + M*K images through the network, not Q x M
-    assert model.images_seen == 3 + 4 * (shots or 1)
-    assert q_maps.shape == (3, 4, 1, 8, 8)
-    assert g_maps.shape == ((3, 4, 1, 8, 8) if shots is None else (3, 4, 2, 1, 8, 8))
+    assert model.images_seen == 3 + items * (shots or 1)
+    assert q_maps.shape == (3, items, 1, 8, 8)
+    assert g_maps.shape == (
+        (3, items, 1, 8, 8) if shots is None else (3, items, 2, 1, 8, 8)
+    )
     only_queries = method.attribute_pairs(q, gal)
     torch.testing.assert_close(only_queries, q_maps)
     in_batches = method.attribute_pairs(
@@ -244,7 +253,7 @@ def test_all_pairs_equal_one_pair_at_a_time(member, metric, shots, pooling):
     for a, b in zip(in_batches, (q_maps, g_maps)):  # other batches, other rounding
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     for i in range(3):
-        for j in range(4):
+        for j in range(items):
             support = gal[j] if shots else gal[j : j + 1]
             one_q, one_s = method.attribute(
                 q[i : i + 1], support, return_support_attributions=True

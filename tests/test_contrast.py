@@ -1,4 +1,4 @@
-"""contrast=: the engine's plumbing, shared by every forward-only member.
+"""contrast=: the engine's plumbing, shared by every member that takes one.
 
 The formulas are tested against slow references in tests/methods/; here:
 layouts, all pairs, one forward pass, symmetry, errors."""
@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum.attr import LayerGradCam
 from helpers import TinyCNN, images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from captum_sfam import (
+    LayerCGRAM,
+    LayerRAM,
+    LayerSimilarityGradCam,
+    SimilarityTarget,
+)
 from captum_sfam._engine.layer import Layer
-from captum_sfam.methods import REGISTRY
+from captum_sfam.methods import REGISTRY, supports_contrast
 
 FORWARD_ONLY = [m.cls for m in REGISTRY.values() if m.forward_only]
 # RAM's default ("self") is pair-agnostic: its contrast map is all zeros
@@ -21,6 +28,22 @@ CONTRASTING = [
     for cls in FORWARD_ONLY
 ]
 IDS = [cls.__name__ for cls, _ in CONTRASTING]
+#: every member that takes a contrast, gradient members included (the
+#: registry decides: a member refusing one declares contrast_refusal)
+ALL_CONTRASTING = [
+    (m.cls, {"weighting": "other"} if m.key == "ram" else {})
+    for m in REGISTRY.values()
+    if supports_contrast(m.cls)
+]
+ALL_IDS = [cls.__name__ for cls, _ in ALL_CONTRASTING]
+#: members whose maps are linear in a score (or weights) that is S's minus
+#: S''s: the contrast map is the difference of the two plain maps
+LINEAR = [
+    (LayerCGRAM, {}),
+    (LayerSimilarityGradCam, {}),
+    (LayerRAM, {"weighting": "other"}),
+    (LayerRAM, {"weighting": "product"}),
+]
 
 
 def method_for(cls, kwargs, model=None, metric="cosine"):
@@ -63,7 +86,7 @@ def test_per_query_contrast_equals_one_call_per_query(cls, kwargs):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.sampled_from(CONTRASTING), st.integers(0, 1000))
+@given(st.sampled_from(ALL_CONTRASTING), st.integers(0, 1000))
 def test_swapping_support_and_contrast_negates_the_query_map(case, seed):
     """Every reading is a difference 'for S' minus 'for S''; a contrast equal
     to the support leaves nothing: an all-zero query map."""
@@ -200,3 +223,57 @@ def test_contrast_arguments_are_checked():
         method.attribute(q, s, contrast=torch.full((1, 3, 8, 8), float("nan")))
     with pytest.raises(ValueError, match="contrast"):
         method.attribute_pairs(q, s, contrast=images(1, 4, 8, 8))
+
+
+def test_every_member_that_can_takes_a_contrast():
+    """The registry's contrast contract covers the gradient members too."""
+    assert {cls.__name__ for cls, _ in ALL_CONTRASTING} >= {
+        "LayerCGRAM", "LayerSFAM", "LayerSimilarityGradCam", "LayerRAM",
+        "LayerDecomposition",
+    }  # fmt: skip
+    assert not supports_contrast(REGISTRY["gradfam"].cls)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize(
+    "cls, kwargs", LINEAR, ids=lambda x: getattr(x, "__name__", str(x))
+)
+def test_contrast_map_is_the_difference_of_the_plain_maps(cls, kwargs, metric):
+    """Score s(Q, S) - s(Q, S'): the query map is map(S) - map(S') (the
+    sign matters: s(Q, S) + s(Q, S') would be their sum); the shots' maps
+    do not involve S' and stay those of the plain call."""
+    model = TinyCNN(negative=True).eval()
+    method = cls(model, model.features, metric=metric, **kwargs)
+    q, s, c = (
+        images(2, 3, 12, 12, seed=4),
+        images(2, 3, 12, 12, seed=5),
+        images(3, 3, 12, 12, seed=6),
+    )
+    q_maps, s_maps = method.attribute(
+        q, s, contrast=c, return_support_attributions=True
+    )
+    plain_q, plain_s = method.attribute(q, s, return_support_attributions=True)
+    against = method.attribute(q, c)
+    torch.testing.assert_close(q_maps, plain_q - against, rtol=1e-4, atol=1e-5)
+    if cls is not LayerRAM or kwargs["weighting"] == "other":
+        torch.testing.assert_close(s_maps, plain_s, rtol=1e-4, atol=1e-5)
+    assert (plain_q - against).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_cgram_contrast_equals_captum_layer_grad_cam_on_a_contrast_target(metric):
+    """CG-RAM against S' is Captum's LayerGradCam of a SimilarityTarget whose
+    reference is S's prototype and whose contrast is S''s."""
+    model = TinyCNN(negative=True).eval()
+    q, s, c = (
+        images(2, 3, 12, 12, seed=7),
+        images(2, 3, 12, 12, seed=8),
+        images(3, 3, 12, 12, seed=9),
+    )
+    ours = LayerCGRAM(model, model.features, metric=metric).attribute(q, s, contrast=c)
+    target = SimilarityTarget.from_support(
+        model, s.unsqueeze(0), metric=metric, contrast_support=c.unsqueeze(0)
+    )
+    theirs = LayerGradCam(target, model.features).attribute(q, target=0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert ours.abs().max() > 1e-4

@@ -29,9 +29,9 @@ from .checks import (
     public_call,
 )
 from .correspondence import CorrespondenceMixin
-from .layer import Features, Layer, ReshapeTransform
+from .layer import Layer, ReshapeTransform
 from .model import check_layout
-from .pairs import TargetType, TensorOrTuple, format_inputs, pair_arguments
+from .pairs import Features, TargetType, TensorOrTuple, format_inputs, pair_arguments
 
 
 class PairAttribution(CorrespondenceMixin, LayerAttribution):
@@ -50,6 +50,8 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
     #: why the member (with its settings) refuses ``contrast=``, or None: the
     #: one place a member whose maps do not depend on the support says so
     contrast_refusal: Optional[str] = None
+    #: whether the member's features need one support per query (gradients)
+    _per_query: bool = False
 
     def __init__(
         self,
@@ -197,15 +199,18 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         self._refuse(contrast)
         pairs = pair_arguments(
             inputs, support, additional_forward_args, attribute_to_layer_input,
-            contrast, target, support_labels,
+            contrast, target, support_labels, per_query=self._per_query,
         )  # fmt: skip
         features = self._features(pairs)
         query_weights, shot_weights = self._weights(features)
         batch, (shots, channels) = pairs.batch_size, features.support.shape[1:3]
         return (
-            query_weights.detach().to(features.dtype).expand(batch, channels).clone(),
+            query_weights.detach()
+            .to(features.query.dtype)
+            .expand(batch, channels)
+            .clone(),
             shot_weights.detach()
-            .to(features.dtype)
+            .to(features.query.dtype)
             .expand(batch, shots, channels)
             .clone(),
         )
@@ -224,5 +229,5 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
         acts = self._layer.activations(
             format_inputs(inputs), "inputs", args, attribute_to_layer_input, batch_size
         )
-        checked_pass(self._layer.model, [acts])
-        return acts
+        checked_pass(self._layer.model, [acts], [acts], ["inputs"])
+        return acts  # in the model's dtype

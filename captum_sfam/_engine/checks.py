@@ -18,6 +18,7 @@ import functools
 import math
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
@@ -151,7 +152,9 @@ def _defer(value: Tensor, message: str, as_warning: bool) -> bool:
     call = _CALL.get()
     if call is None:
         return False
-    call.checks.append((value.reshape(()), message, as_warning))
+    call.checks.append(
+        (value if value.dim() == 0 else value.reshape(()), message, as_warning)
+    )
     return True
 
 
@@ -214,14 +217,58 @@ def check_finite(
 
 
 def checked_pass(
-    model: Optional[torch.nn.Module], activations: Sequence[Tensor]
-) -> None:
-    """After the passes of a call: the layer's activations must be finite,
-    and a model run with BatchNorm or Dropout in training mode is warned of
-    (read after the passes: a wrapper may switch to eval itself)."""
-    check_finite(*activations, names=["the layer activations"] * len(activations))
+    model: Optional[torch.nn.Module],
+    passes: List[Tensor],
+    activations: List[Tensor],
+    names: List[str],
+    zero_map: Optional[Tensor] = None,
+    member: str = "",
+) -> List[Tensor]:
+    """After the passes of a call: their outputs (``passes``) must be finite
+    and every part's activations (named by ``names``, queries first) have
+    the queries' channel count; the parts are returned in float32
+    (float64 if the queries' or the support's are). A model run with
+    BatchNorm or Dropout in training mode is warned of (read after the
+    passes: a wrapper may switch to eval itself), and so is an all-zero
+    gradient map (``zero_map``, per query) of ``member``."""
+    for act, name in zip(activations[1:], names[1:]):
+        if act.shape[1] != activations[0].shape[1]:
+            raise ValueError(
+                f"{name} gives {act.shape[1]} channels at the layer, inputs "
+                f"give {activations[0].shape[1]}"
+            )
+    check_finite(*passes, names=["the layer activations"] * len(passes))
     if model is not None:
         warn_if_train_mode(model)
+    if zero_map is not None:
+        warn_if(zero_map.any(), _ZERO_MAP.format(member=member))
+    wide = torch.float64 in {a.dtype for a in activations[:2]}
+    return [a.to(torch.float64 if wide else torch.float32) for a in activations]
+
+
+UNPROTECTED = (
+    "forward_func is a callable holding no torch.nn.Module that contains "
+    "layer, and layer is in training mode: buffers (BatchNorm running "
+    "statistics) outside layer cannot be protected from this call. Put the "
+    "model in eval() mode or pass the model (or a bound method of it) as "
+    "forward_func"
+)
+NOT_CALLED = (
+    "layer was not called by forward_func: pass a submodule that the model's "
+    "forward uses"
+)
+
+
+_ZERO_MAP = (
+    "{member}: the map is all zero for a query, because the "
+    "embedding does not depend on layer there (its gradient at layer is "
+    "exactly zero while the score depends on the embedding). A vision "
+    "transformer whose embedding is the class token does not use its last "
+    "block's patch tokens; a ReLU network may have every unit after the "
+    "layer inactive for this image. Explain an earlier block (e.g. "
+    "blocks[-2]), pass attribute_to_layer_input=True, or use a "
+    "forward-only member (LayerSFAM)"
+)
 
 
 def check_vectors(x: object, name: str) -> Tensor:
@@ -234,6 +281,15 @@ def check_vectors(x: object, name: str) -> Tensor:
         raise ValueError(f"{name} must have a channel dimension, got a scalar")
     check_finite(x, names=[name])
     return x
+
+
+def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    r"""The CAM sum :math:`L = \sum_n w_n A^n` (Eq. 3): weights (..., N) and
+    activations (..., N, h, w) -> maps (..., h, w), leading dims broadcasting
+    (a shared support, leading size 1, is never copied)."""
+    return torch.einsum(
+        "...n,...nhw->...hw", weights.to(activations.dtype), activations
+    )
 
 
 def finalize_maps(maps: Tensor, relu: bool, dtype: torch.dtype) -> Tensor:
@@ -271,3 +327,74 @@ def warn_if_train_mode(model: torch.nn.Module) -> None:
             "changes the model's mode; running statistics are restored after the "
             "call either way)"
         )
+
+
+# ------------------------------------------------------- model outputs ---
+def _describe(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output.keys())}"
+    if isinstance(output, (tuple, list)):
+        kinds = [type(o).__name__ for o in output]
+        return f"a {type(output).__name__} of {len(output)} items {kinds}"
+    return f"a {type(output).__name__}"
+
+
+def select_embedding(
+    output: Any, embedding_func: Any, needs_grad: bool = False
+) -> Tensor:
+    """The (B, D) embedding in a model output (other tensor shapes flattened).
+
+    ``embedding_func`` (see :data:`.model.EmbeddingFunc`) None: the output
+    must be a tensor. A str reads a dict
+    key or a ``ModelOutput`` field, an int a tuple item, a callable maps the
+    output to the embedding.
+    """
+    if embedding_func is None:
+        value = output
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"forward_func returned {_describe(output)}, not the embedding "
+                "tensor: pass embedding_func= to pick it (a key such as "
+                "'pooler_output' or 'embedding', an index such as 0, or a "
+                "callable mapping the output to (B, D))"
+            )
+    elif callable(embedding_func):
+        value = embedding_func(output)
+    elif isinstance(embedding_func, str):
+        if isinstance(output, Mapping) and embedding_func in output:
+            value = output[embedding_func]
+        elif not isinstance(output, Mapping) and hasattr(output, embedding_func):
+            value = getattr(output, embedding_func)
+        else:
+            raise ValueError(
+                f"embedding_func={embedding_func!r}: forward_func returned "
+                f"{_describe(output)}, which has no such key"
+            )
+    else:
+        if not isinstance(output, (tuple, list)) or not (
+            -len(output) <= embedding_func < len(output)
+        ):
+            raise ValueError(
+                f"embedding_func={embedding_func!r}: forward_func returned "
+                f"{_describe(output)}, which has no such index"
+            )
+        value = output[embedding_func]
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"embedding_func must select a Tensor, got {type(value).__name__}"
+        )
+    if value.dim() < 2:
+        raise ValueError(
+            f"the embedding must be (B, D), got shape {tuple(value.shape)}: "
+            "check embedding_func"
+        )
+    if needs_grad and not value.requires_grad:
+        raise ValueError(
+            "forward_func computes the embedding without autograd (it runs "
+            "under torch.no_grad() or torch.inference_mode(), as "
+            "pytorch-metric-learning's InferenceModel.get_embeddings does, "
+            "or detaches it): the gradient members need its gradient. Pass "
+            "the model itself (e.g. trunk followed by embedder) as "
+            "forward_func"
+        )
+    return value.reshape(value.shape[0], -1)

@@ -151,7 +151,11 @@ class CorrespondenceMixin:
             self.correspondence_reading if reading is None else reading
         )
         pairs = pair_arguments(
-            inputs, support, additional_forward_args, attribute_to_layer_input
+            inputs,
+            support,
+            additional_forward_args,
+            attribute_to_layer_input,
+            per_query=self._per_query,  # type: ignore[attr-defined]
         )
         features = self._features(pairs)  # type: ignore[attr-defined]
         query, shots, batch = features.query, features.support, pairs.batch_size
@@ -168,7 +172,7 @@ class CorrespondenceMixin:
             scores = torch.cat(parts).reshape(
                 batch, *query.shape[-2:], shots.shape[1], *shots.shape[-2:]
             )
-            return finalize_maps(scores, False, features.dtype)
+            return finalize_maps(scores, False, features.query.dtype)
 
     def point_map(
         self,

@@ -18,9 +18,15 @@ from torch import Tensor
 
 from ..functional.pair import PooledPair
 from .base import PairAttribution
-from .checks import check_positive_int, finalize_maps, public_call
-from .layer import Features, weighted_sum
-from .pairs import Pairs, TargetType, TensorOrTuple, pair_arguments
+from .checks import (
+    PoolingType,
+    check_finite,
+    check_positive_int,
+    finalize_maps,
+    public_call,
+    weighted_sum,
+)
+from .pairs import Features, Pairs, TargetType, TensorOrTuple, pair_arguments
 
 #: weights built at once by ``attribute_pairs`` (queries x items x shots x N)
 MAX_CHUNK_ELEMENTS = 1 << 21
@@ -143,7 +149,7 @@ class ForwardPairAttribution(PairAttribution):
             inputs, support, additional_forward_args, attribute_to_layer_input,
             contrast, target, support_labels,
         )  # fmt: skip
-        features = self._layer.features(pairs)
+        features = self._features(pairs)
         query_weights, shot_weights = self._weights(features)
         with torch.no_grad():
             query_maps, shot_maps = self._maps(
@@ -154,7 +160,7 @@ class ForwardPairAttribution(PairAttribution):
             query_maps = finalize_maps(query_maps, relu_attributions, dtype)
             if not return_support_attributions:
                 return query_maps.unsqueeze(1)
-            shot_maps = shot_maps.expand(pairs.batch_size, *shot_maps.shape[1:])
+            shot_maps = shot_maps.expand(len(features.query), *shot_maps.shape[1:])
             shot_maps = finalize_maps(shot_maps, relu_attributions, dtype)
             return query_maps.unsqueeze(1), shot_maps.unsqueeze(2)
 
@@ -229,7 +235,7 @@ class ForwardPairAttribution(PairAttribution):
             inputs, gallery, additional_forward_args, attribute_to_layer_input,
             contrast, labels=gallery_labels, gallery=True,
         )  # fmt: skip
-        features = self._layer.features(pairs, forward_batch_size)
+        features = self._features(pairs, forward_batch_size)
         channels = features.query.shape[1]
         step = chunk_size or max(
             1, MAX_CHUNK_ELEMENTS // (pairs.groups * pairs.shots * channels)
@@ -238,15 +244,19 @@ class ForwardPairAttribution(PairAttribution):
             parts = [
                 self._gallery_chunk(features, slice(start, start + step), pairs,
                                     return_gallery_attributions)
-                for start in range(0, pairs.batch_size, step)
+                for start in range(0, len(features.query), step)
             ]  # fmt: skip
             query_maps = finalize_maps(
-                torch.cat([q for q, _ in parts]), relu_attributions, features.dtype
+                torch.cat([q for q, _ in parts]),
+                relu_attributions,
+                features.query.dtype,
             ).unsqueeze(2)
             if not return_gallery_attributions:
                 return query_maps
             gallery_maps = finalize_maps(
-                torch.cat([g for _, g in parts]), relu_attributions, features.dtype
+                torch.cat([g for _, g in parts]),
+                relu_attributions,
+                features.query.dtype,
             ).unsqueeze(3)
         first = gallery[0] if isinstance(gallery, tuple) else gallery
         if first.dim() == pairs.inputs[0].dim() and gallery_labels is None:
@@ -299,8 +309,22 @@ class ForwardPairAttribution(PairAttribution):
         )
         return self.weight_rule(pair, **self.rule_options)
 
-    def _features(self, pairs: Pairs) -> Features:
-        return self._layer.features(pairs)
+    def _features(self, pairs: Pairs, batch_size: Optional[int] = None) -> Features:
+        """Activations at the layer (one forward pass if it can be), pooled:
+        the query vectors (B, N), the shots (G, K, N) of each query's support
+        (or of each gallery item), and the contrast's."""
+        query, others, *contrast = self._layer.forward_pass(pairs, batch_size)
+        shots = pool(others, self.pooling).reshape(pairs.groups, pairs.shots, -1)
+        support = others.reshape(pairs.groups, pairs.shots, *others.shape[1:])
+        if pairs.index is not None:  # each query's reference
+            support, shots = support[pairs.index], shots[pairs.index]
+        c_acts = c_vectors = None
+        if contrast:
+            count = (pairs.contrast_groups, pairs.contrast_shots)
+            c_vectors = pool(contrast[0], self.pooling).reshape(*count, -1)
+            c_acts = contrast[0].reshape(*count, *contrast[0].shape[1:])
+        vectors = pool(query, self.pooling)
+        return Features(query, support, vectors, shots, c_acts, c_vectors)
 
     def _maps(
         self,
@@ -319,3 +343,22 @@ class ForwardPairAttribution(PairAttribution):
         if not with_support:
             return query_maps, None
         return query_maps, weighted_sum(shot_weights, support)
+
+
+def pool(activations: Tensor, pooling: PoolingType) -> Tensor:
+    """Pool (B, N, h, w) activations into (B, N) vectors: the paper's ``p``."""
+    if pooling == "avg":
+        return activations.mean(dim=(-2, -1))
+    if pooling == "max":
+        return activations.amax(dim=(-2, -1))
+    pooled = pooling(activations)  # type: ignore[operator]
+    expected = activations.shape[:2]
+    if not isinstance(pooled, Tensor) or pooled.shape != expected:
+        got = tuple(pooled.shape) if isinstance(pooled, Tensor) else type(pooled)
+        raise ValueError(
+            f"pooling callable must map {tuple(activations.shape)} to "
+            f"{tuple(expected)}, got {got}"
+        )
+    pooled = pooled.to(activations.dtype)
+    check_finite(pooled, names=["the output of the pooling callable"])
+    return pooled

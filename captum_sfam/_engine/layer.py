@@ -1,63 +1,45 @@
-r"""Stage 2: :class:`Pairs` -> :class:`Features`, through :class:`Layer`,
-which knows the explained layer (resolved once) and owns the hooks.
-
-Per call it runs the network on queries, support and contrast (one pass for
-all when a batch's images cannot influence each other) and returns the
-layer's activations as (B, N, h, w), pooled; the gradient members' pass
-(:mod:`.gradient`) uses its hooks and layout. Hooks are removed and buffers
-restored even on errors; the model's mode, flags, parameters and ``.grad``
-are never changed. Pooling and Eq. 3's weighted sum are here too.
+r"""Stage 2: :class:`Layer` knows the explained layer (resolved once) and
+owns the hooks: the forward-only capture and the one gradient pass, of
+queries, support and contrast together when a batch's images cannot
+influence each other. Hooks are removed and buffers restored even on
+errors; the model's mode, flags, parameters and ``.grad`` never change.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
 from .captum_compat import forward_layer_eval
-from .checks import PoolingType, check_finite, checked_pass, warn
+from .checks import (
+    NOT_CALLED,
+    UNPROTECTED,
+    PoolingType,
+    checked_pass,
+    select_embedding,
+    warn,
+)
 from .model import (
+    EmbeddingFunc,
     channel_count,
+    channels_last,
     find_model,
+    forward_error,
     held_modules,
+    patch_grid,
     patch_size,
     prefix_tokens,
-    siamese_hint,
-    tokens_grid,
+    replicas_in_order,
 )
 from .pairs import Images, Pairs
 
 ReshapeTransform = Callable[[Tensor], Tensor]
-NOT_CALLED = (
-    "layer was not called by forward_func: pass a submodule that the model's "
-    "forward uses"
-)
-
-
-@dataclass(frozen=True)
-class Features:
-    r"""The layer's view of a batch of pairs, float32 (float64 if the
-    activations are). ``G`` is 1 for a shared support (computed once and
-    broadcast), B per query (references picked by the pairs' index), M for
-    a gallery."""
-
-    query: Tensor  # (B, N, h, w) query activations A_Q
-    support: Tensor  # (G, K, N, h', w') support activations
-    query_vectors: Optional[Tensor] = None  # (B, N) V^Q = p(A_Q)
-    shot_vectors: Optional[Tensor] = None  # (G, K, N) pooled shots
-    contrast: Optional[Tensor] = None  # (G', K', N, h'', w'')
-    contrast_vectors: Optional[Tensor] = None  # (G', K', N)
-    query_gradients: Optional[Tensor] = None  # (B, N, h, w) gradient members
-    support_gradients: Optional[Tensor] = None  # (B, K, N, h', w')
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.query.dtype
+#: a pair score of (query, support, contrast or None) embeddings -> (B,)
+Score = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
 class _StopForward(Exception):
@@ -80,9 +62,8 @@ class Layer:
     ) -> None:
         original = getattr(forward_func, "_orig_mod", None)  # torch.compile
         self.forward_func = original if isinstance(original, Module) else forward_func
-        self.layer, self.pooling = layer, pooling
+        self.layer, self.pooling, self.layout = layer, pooling, layout
         self.reshape_transform, self.device_ids = reshape_transform, device_ids
-        self.layout = layout
         owner = getattr(self.forward_func, "__self__", None)
         root = self.forward_func if isinstance(self.forward_func, Module) else owner
         self.root = root if isinstance(root, Module) else None
@@ -98,34 +79,93 @@ class Layer:
         self.channels = channel_count(layer, self.model)
 
     # ------------------------------------------------------ the two passes --
-    def features(self, pairs: Pairs, batch_size: Optional[int] = None) -> Features:
-        """Activations and pooled vectors of the queries, the support (or
-        gallery, or references picked by ``pairs.index``) and the contrast,
-        forward only, in batches of ``batch_size`` images."""
-        parts = [pairs.inputs, pairs.others]
-        if pairs.contrast is not None:
-            parts.append(pairs.contrast)
-        names = ["inputs", pairs.argument, "contrast"][: len(parts)]
+    def forward_pass(
+        self, pairs: Pairs, batch_size: Optional[int] = None
+    ) -> List[Tensor]:
+        """(n, N, h, w) activations of each image set of ``pairs`` (queries,
+        support or gallery, contrast), forward only, float32 (float64 if the
+        model's are), in batches of ``batch_size`` images."""
+        parts, names = pairs.parts, pairs.names
         call = (pairs.additional_forward_args, pairs.attribute_to_layer_input)
-        query, others, *contrast = self._forward_only(parts, names, call, batch_size)
-        checked_pass(self.model, [query, others, *contrast])
-        wide = torch.float64 in (query.dtype, others.dtype)  # float32 or wider
-        dtype = torch.float64 if wide else torch.float32
-        query, others = self._fits(query, others, pairs.argument, dtype)
-        support = others.reshape(pairs.groups, pairs.shots, *others.shape[1:])
-        shots = pool(others, self.pooling).reshape(pairs.groups, pairs.shots, -1)
-        if pairs.index is not None:  # each query's reference
-            support, shots = support[pairs.index], shots[pairs.index]
-        features = Features(query, support, pool(query, self.pooling), shots)
-        if not contrast:
-            return features
-        _, acts = self._fits(query, contrast[0], "contrast", dtype)
-        groups, count = pairs.contrast_groups, pairs.contrast_shots
-        return replace(
-            features,
-            contrast=acts.reshape(groups, count, *acts.shape[1:]),
-            contrast_vectors=pool(acts, self.pooling).reshape(groups, count, -1),
-        )
+        batches, labels, groups = self._passes(parts, names, others_together=True)
+        try:
+            acts = [self.activations(b, n, *call, batch_size)
+                    for b, n in zip(batches, labels)]  # fmt: skip
+        except ValueError:  # run apart, for an error naming its argument
+            if all(len(g) == 1 for g in groups):
+                raise
+            acts = [self.activations(p, n, *call, batch_size)
+                    for p, n in zip(parts, names)]  # fmt: skip
+            groups = [[i] for i in range(len(parts))]
+        return checked_pass(self.model, acts, _split(acts, groups, parts), names)
+
+    def gradient_pass(
+        self, pairs: Pairs, score: Score, embedding_func: EmbeddingFunc, name: str
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """Activations and gradients of ``score`` (query (B, D), support
+        (B*K, D), contrast (B*K', D) or None embeddings -> (B,)) at the layer's
+        FIRST call (a layer called twice contributes through both) for each
+        image set of ``pairs`` (one support per query), from one forward pass
+        per batch and ONE backward pass, with autograd enabled even inside
+        ``torch.no_grad()``/``inference_mode()``. ``name`` (the member) is
+        named by the warning of an all-zero map."""
+        parts, names = pairs.parts, pairs.names
+        batches, labels, groups = self._passes(parts, names)
+        to_input, args = pairs.attribute_to_layer_input, pairs.additional_forward_args
+        captured: List[Images] = []
+        embeddings: List[Tensor] = []
+        with torch.inference_mode(False), torch.enable_grad(), self._protected():
+            for batch, argument in zip(batches, labels):
+                store: Dict[torch.device, Images] = {}
+                # inference tensors (made under inference_mode) cannot enter a graph
+                batch = tuple(t.clone() if t.is_inference() else t for t in batch)
+                hook = _first_call_hook(store, to_input)
+                with self._hooked(hook, to_input, argument):
+                    output = self.forward_func(*batch, *(args or ()))
+                captured.append(self._in_batch_order(store))
+                embeddings.append(select_embedding(output, embedding_func, True))
+            flat = [t for group in captured for t in group]
+            query, support, *contrast = _split(embeddings, groups, parts)
+            total = score(query, support, contrast[0] if contrast else None).sum()
+            grads = torch.autograd.grad(total, flat + embeddings, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g
+                 for t, g in zip(flat + embeddings, grads)]  # fmt: skip
+        acts, layer_grads, start = [], [], 0
+        for group, batch in zip(captured, batches):
+            part, start = grads[start : start + len(group)], start + len(group)
+            acts.append(self._grid_on(group, batch))
+            layer_grads.append(self._grid_on(part, batch))
+        layer_grads = _split(layer_grads, groups, parts)
+        # an exactly zero gradient while the score moves with the embedding:
+        # the embedding does not depend on the layer there, the map is zero
+        zero = (layer_grads[0].flatten(1) == 0).all(1) & (
+            grads[len(flat)][: len(query)] != 0
+        ).any(1)
+        parts_acts = _split(acts, groups, parts)
+        acts = checked_pass(self.model, acts, parts_acts, names, zero, name)
+        return acts, [g.to(acts[0].dtype) for g in layer_grads]
+
+    def activations(
+        self,
+        images: Images,
+        argument: str,
+        additional_forward_args: Any,
+        to_input: bool,
+        batch_size: Optional[int] = None,
+    ) -> Tensor:
+        """(n, N, h, w) activations of ``images`` (named ``argument`` in
+        errors), without recording a graph, in batches of ``batch_size``. The
+        network stops right after the layer; with ``device_ids`` or
+        DataParallel Captum's own helper runs the replicas."""
+        step, out = batch_size or images[0].shape[0], []
+        for start in range(0, images[0].shape[0], step):
+            chunk = tuple(t[start : start + step] for t in images)
+            with self._protected(), torch.no_grad():
+                acts = self._run_to_layer(
+                    chunk, argument, additional_forward_args, to_input
+                )
+            out.append(self.grid(acts, tuple(chunk[0].shape)))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     # ------------------------------------------------------------ helpers --
     def batch_independent(self) -> bool:
@@ -145,15 +185,14 @@ class Layer:
             for module in self.modules
         )
 
-    def _batches(
+    def _passes(
         self, parts: List[Images], names: List[str], others_together: bool = False
     ) -> Tuple[List[Images], List[str], List[List[int]]]:
         """The parts grouped into forward passes: the queries with every part
-        whose images can share their batch (same shape, dtype and device, and
-        a batch-independent model), the others one pass each; with
-        ``others_together`` a batch-dependent model runs the queries alone
-        and the other parts that fit together. Returns the batches, their
-        names and the parts each holds."""
+        whose images can share their batch (same layout, and a batch-
+        independent model), the others one pass each; with ``others_together``
+        a batch-dependent model runs the queries alone and the other parts
+        that fit together. Returns the batches, their names, their parts."""
         joint = self.batch_independent()
         groups: List[List[int]] = [[0]]
         for i in range(1, len(parts)):
@@ -169,53 +208,6 @@ class Layer:
             for g in groups
         ]
         return batches, [" and ".join(names[i] for i in g) for g in groups], groups
-
-    def _forward_only(
-        self,
-        parts: List[Images],
-        names: List[str],
-        call: Tuple[Any, bool],
-        batch_size: Optional[int],
-    ) -> List[Tensor]:
-        """(n, N, h, w) activations of each part, in as few passes as
-        :meth:`_batches` allows (a joint pass that fails is run apart, for an
-        error naming its argument)."""
-        batches, labels, groups = self._batches(parts, names, others_together=True)
-        try:
-            acts = [
-                self.activations(b, name, *call, batch_size)
-                for b, name in zip(batches, labels)
-            ]
-        except ValueError:
-            if all(len(g) == 1 for g in groups):
-                raise
-            return [
-                self.activations(p, n, *call, batch_size) for p, n in zip(parts, names)
-            ]
-        return split_parts(acts, groups, [p[0].shape[0] for p in parts])
-
-    def activations(
-        self,
-        images: Images,
-        argument: str,
-        additional_forward_args: Any,
-        to_input: bool,
-        batch_size: Optional[int] = None,
-    ) -> Tensor:
-        """(n, N, h, w) activations of ``images`` (named ``argument`` in
-        errors), without recording a graph, in batches of ``batch_size``. The
-        network stops right after the layer; with ``device_ids`` or
-        DataParallel Captum's own helper runs the replicas."""
-        step = batch_size or images[0].shape[0]
-        out = []
-        for start in range(0, images[0].shape[0], step):
-            chunk = tuple(t[start : start + step] for t in images)
-            with self._protected(), torch.no_grad():
-                acts = self._run_to_layer(
-                    chunk, argument, additional_forward_args, to_input
-                )
-            out.append(self.grid(acts, tuple(chunk[0].shape)))
-        return out[0] if len(out) == 1 else torch.cat(out)
 
     def _run_to_layer(
         self, chunk: Images, argument: str, args: Any, to_input: bool
@@ -244,7 +236,7 @@ class Layer:
             raise ValueError(NOT_CALLED)
         return store[0]
 
-    @contextlib.contextmanager
+    @contextmanager
     def _hooked(
         self, hook: Callable[..., Any], to_input: bool, argument: str
     ) -> Iterator[None]:
@@ -257,30 +249,17 @@ class Layer:
         try:
             yield
         except (RuntimeError, TypeError) as error:
-            if isinstance(error, TypeError):
-                hint = siamese_hint(error)
-                raise (TypeError(hint) if hint else error) from error
-            raise ValueError(
-                f"{argument}: forward_func cannot run on it: {error}"
-            ) from error
+            raise forward_error(error, argument) from error
         finally:
             handle.remove()
 
-    @contextlib.contextmanager
+    @contextmanager
     def _protected(self) -> Iterator[None]:
         """Restore, on exit, the buffers a forward pass may write (those of
-        submodules in training mode, BatchNorm statistics; one fused copy),
-        and warn after a pass that ran BatchNorm or Dropout in training mode
-        (read after it: a wrapper may switch to eval itself)."""
-        modules = [m for m in (self.model, self.layer) if m is not None]
+        submodules in training mode, BatchNorm statistics; one fused copy)."""
         if self.model is None and self.layer.training:
-            warn(
-                "forward_func is a callable holding no torch.nn.Module that "
-                "contains layer, and layer is in training mode: buffers (BatchNorm "
-                "running statistics) outside layer cannot be protected from this "
-                "call. Put the model in eval() mode or pass the model (or a bound "
-                "method of it) as forward_func"
-            )
+            warn(UNPROTECTED)
+        modules = [m for m in (self.model, self.layer) if m is not None]
         buffers = list(
             {
                 id(b): b
@@ -298,7 +277,31 @@ class Layer:
                 with torch.no_grad():
                     torch._foreach_copy_(buffers, saved)
 
+    def _in_batch_order(self, store: Dict[torch.device, Images]) -> Images:
+        """The per-device captures of a gradient pass, in the order
+        DataParallel scattered the batch (one device: as they are)."""
+        if not store:
+            raise ValueError(NOT_CALLED)
+        if len(store) == 1:
+            return next(iter(store.values()))
+        return replicas_in_order(store, self.device_ids, self.root)
+
     # ------------------------------------------------------------- layout --
+    def _grid_on(self, tensors: Images, batch: Images) -> Tensor:
+        """Detached tensors of a pass, back on the inputs' device, as a grid."""
+        device = batch[0].device  # DataParallel gathers on its first device
+        return self.grid(
+            tuple(t.detach().to(device) for t in tensors), tuple(batch[0].shape)
+        )
+
+    def _channels_first(self, act: Tensor) -> bool:
+        """4-D ``act`` is (B, N, h, w) by declaration or by the channel count
+        alone (the rest: :func:`.model.channels_last`)."""
+        count = self.channels
+        return self.layout == "channels_first" or (
+            self.layout == "auto" and count == act.shape[1] != act.shape[3]
+        )
+
     def grid(self, acts: Images, image_shape: Tuple[int, ...]) -> Tensor:
         """The layer's tensor as (B, N, h, w): ``reshape_transform`` when given,
         else by layout: channels-last 4-D activations permuted (declared, or
@@ -315,9 +318,10 @@ class Layer:
             if not isinstance(act, Tensor):
                 raise TypeError("reshape_transform must return a Tensor")
         elif act.dim() == 3 and self.layout in ("auto", "tokens"):
-            act = self._tokens(act, image_shape)
-        elif act.dim() == 4 and channels_last(act, self.channels, self.layout):
-            act = act.permute(0, 3, 1, 2)
+            act = patch_grid(act, self.num_prefix_tokens, image_shape, self.patch_size)
+        elif act.dim() == 4 and not self._channels_first(act):
+            if channels_last(act, self.channels, self.layout):
+                act = act.permute(0, 3, 1, 2)
         if act.dim() != 4 or act.shape[0] != batch:
             raise ValueError(
                 f"layer activations must be (B={batch}, N, h, w), got "
@@ -330,92 +334,27 @@ class Layer:
             )
         return act
 
-    def _tokens(self, act: Tensor, image_shape: Tuple[int, ...]) -> Tensor:
-        """(B, T, N) tokens -> (B, N, h, w) patch grid."""
-        prefix = self.num_prefix_tokens
-        if prefix is None:
-            raise ValueError(
-                f"layer activations {tuple(act.shape)} are tokens (B, T, N) and the "
-                "number of prefix tokens (class, register tokens) cannot be read "
-                "from forward_func: pass num_prefix_tokens= (1 for a class token, "
-                "1 + registers for DINOv2 with registers, 0 for Swin)"
+
+# ------------------------------------------------------------------ maps ---
+def _split(
+    batches: List[Tensor], groups: List[List[int]], parts: List[Images]
+) -> List[Tensor]:
+    """The per-part tensors of passes that joined the parts ``groups``."""
+    out: List[Tensor] = [batches[0]] * len(parts)
+    for batch, group in zip(batches, groups):
+        if len(group) == 1:
+            out[group[0]] = batch
+            continue
+        start = 0
+        for i in group:  # slices: views, no kernel
+            out[i], start = (
+                batch[start : start + len(parts[i][0])],
+                start + len(parts[i][0]),
             )
-        count = act.shape[1] - prefix
-        grid = tokens_grid(count, image_shape, self.patch_size)
-        if grid is None:
-            raise ValueError(
-                f"{count} patch tokens (after {prefix} prefix tokens) do not form "
-                "the patch grid: check num_prefix_tokens, or pass reshape_transform="
-                "tokens_to_grid(num_prefix_tokens, grid_size=(h, w))"
-            )
-        patches = act[:, prefix:, :]
-        return patches.transpose(1, 2).reshape(act.shape[0], act.shape[2], *grid)
-
-    @staticmethod
-    def _fits(
-        query: Tensor, others: Tensor, argument: str, dtype: torch.dtype
-    ) -> Tuple[Tensor, Tensor]:
-        """Both activations in ``dtype``, after checking their channel counts."""
-        if others.shape[1] != query.shape[1]:
-            raise ValueError(
-                f"{argument} gives {others.shape[1]} channels at the layer, inputs "
-                f"give {query.shape[1]}"
-            )
-        return query.to(dtype), others.to(dtype)
-
-
-# ------------------------------------------------------ pooling and maps ---
-def pool(activations: Tensor, pooling: PoolingType) -> Tensor:
-    """Pool (B, N, h, w) activations into (B, N) vectors: the paper's ``p``."""
-    if pooling == "avg":
-        return activations.mean(dim=(-2, -1))
-    if pooling == "max":
-        return activations.amax(dim=(-2, -1))
-    pooled = pooling(activations)  # type: ignore[operator]
-    expected = activations.shape[:2]
-    if not isinstance(pooled, Tensor) or pooled.shape != expected:
-        got = tuple(pooled.shape) if isinstance(pooled, Tensor) else type(pooled)
-        raise ValueError(
-            f"pooling callable must map {tuple(activations.shape)} to "
-            f"{tuple(expected)}, got {got}"
-        )
-    pooled = pooled.to(activations.dtype)
-    check_finite(pooled, names=["the output of the pooling callable"])
-    return pooled
-
-
-def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
-    r"""The CAM sum :math:`L = \sum_n w_n A^n` (Eq. 3): weights (..., N) and
-    activations (..., N, h, w) -> maps (..., h, w), leading dims broadcasting
-    (a shared support, leading size 1, is never copied)."""
-    return torch.einsum(
-        "...n,...nhw->...hw", weights.to(activations.dtype), activations
-    )
+    return out
 
 
 # ----------------------------------------------------- about the model ----
-def channels_last(act: Tensor, count: Optional[int], layout: str) -> bool:
-    """Whether 4-D ``act`` is (B, H, W, N): declared by ``layout``, or
-    detected when the parameters' channel ``count`` matches dim 3 and not
-    dim 1. Shapes that look channels-last without that evidence raise."""
-    if layout in ("channels_first", "channels_last"):
-        return layout == "channels_last"
-    if layout == "tokens":
-        raise ValueError(
-            f"layout='tokens' expects (B, T, N) activations, got {tuple(act.shape)}"
-        )
-    first, last = act.shape[1] == count, act.shape[3] == count
-    if count is not None and first != last:
-        return last
-    if act.shape[1] == act.shape[2] and act.shape[3] != act.shape[1]:
-        raise ValueError(
-            f"layer activations {tuple(act.shape)} may be (B, N, h, w) or "
-            "channels-last (B, H, W, N), and the layer's parameters do not tell: "
-            "pass layout='channels_first' or layout='channels_last'"
-        )
-    return False
-
-
 def _may_mix_batch(module: Module) -> bool:
     """A train-mode module that may let a batch's images influence each
     other: BatchNorm, or a module outside ``torch.nn`` with parameters or
@@ -426,23 +365,35 @@ def _may_mix_batch(module: Module) -> bool:
         return True
     if type(module).__module__.startswith("torch.nn."):
         return False
-    return any(True for _ in module.parameters(recurse=False)) or any(
-        True for _ in module.buffers(recurse=False)
-    )
+    own = (*module.parameters(recurse=False), *module.buffers(recurse=False))
+    return bool(own)
 
 
-def split_parts(
-    batches: List[Tensor], groups: List[List[int]], sizes: List[int]
-) -> List[Tensor]:
-    """The per-part tensors of batches that joined the parts ``groups``."""
-    out: List[Optional[Tensor]] = [None] * len(sizes)
-    for batch, group in zip(batches, groups):
-        for i, t in zip(group, batch.split([sizes[i] for i in group])):
-            out[i] = t
-    return out  # type: ignore[return-value]
+def _first_call_hook(
+    store: Dict[torch.device, Images], to_input: bool
+) -> Callable[..., Any]:
+    """A hook keeping, in the graph, the tensors of the layer's first call on
+    each device (one device, or each replica of a ``DataParallel`` model);
+    a fresh leaf when nothing before the layer requires grad."""
+
+    def hook(_module: Module, hook_args: Any, output: Any = None) -> Any:
+        value = hook_args if to_input else output
+        values = value if isinstance(value, tuple) else (value,)
+        tensors = [v for v in values if isinstance(v, Tensor)]
+        if not tensors or tensors[0].device in store:
+            return None  # a layer called twice: the first call is explained
+        fresh = [isinstance(v, Tensor) and not v.requires_grad for v in values]
+        ready = tuple(
+            v.detach().requires_grad_() if f else v for v, f in zip(values, fresh)
+        )
+        store[tensors[0].device] = tuple(v for v in ready if isinstance(v, Tensor))
+        return ready if isinstance(value, tuple) else ready[0]
+
+    return hook
 
 
 def _same_layout(first: Images, other: Images) -> bool:
+    """Whether two image sets can share a batch: shape, dtype and device."""
     return all(
         (a.shape[1:], a.dtype, a.device) == (b.shape[1:], b.dtype, b.device)
         for a, b in zip(first, other)

@@ -217,6 +217,32 @@ def patch_size(model: Optional[Module]) -> Optional[Tuple[int, int]]:
     return None
 
 
+def patch_grid(
+    act: Tensor,
+    prefix: Optional[int],
+    image_shape: Optional[Sequence[int]],
+    patch: Optional[Tuple[int, int]],
+) -> Tensor:
+    """(B, T, N) tokens -> (B, N, h, w) patch grid, after ``prefix`` tokens."""
+    if prefix is None:
+        raise ValueError(
+            f"layer activations {tuple(act.shape)} are tokens (B, T, N) and the "
+            "number of prefix tokens (class, register tokens) cannot be read "
+            "from forward_func: pass num_prefix_tokens= (1 for a class token, "
+            "1 + registers for DINOv2 with registers, 0 for Swin)"
+        )
+    count = act.shape[1] - prefix
+    grid = tokens_grid(count, image_shape, patch)
+    if grid is None:
+        raise ValueError(
+            f"{count} patch tokens (after {prefix} prefix tokens) do not form "
+            "the patch grid: check num_prefix_tokens, or pass reshape_transform="
+            "tokens_to_grid(num_prefix_tokens, grid_size=(h, w))"
+        )
+    patches = act[:, prefix:, :]
+    return patches.transpose(1, 2).reshape(act.shape[0], act.shape[2], *grid)
+
+
 def tokens_grid(
     count: int, image_shape: Optional[Sequence[int]], patch: Optional[Tuple[int, int]]
 ) -> Optional[Tuple[int, int]]:
@@ -232,16 +258,56 @@ def tokens_grid(
     return None
 
 
-def siamese_hint(error: TypeError) -> Optional[str]:
-    """A message for a model whose forward needs two inputs (a Siamese pair)."""
-    text = str(error)
-    if "missing" in text and "required positional argument" in text:
-        return (
-            f"forward_func could not run on one batch of inputs ({text}). "
-            "A Siamese model taking (x1, x2) cannot be explained as a whole: "
-            "pass its embedding branch (e.g. model.embedding_net, model.backbone "
-            "or a function x -> embedding) as forward_func, and its scoring "
-            "head, if it has one, as metric= to the gradient members or to "
-            "SimilarityTarget"
+def replicas_in_order(
+    store: Dict[torch.device, Tuple[Tensor, ...]],
+    device_ids: Optional[List[int]],
+    root: Optional[Module],
+) -> Tuple[Tensor, ...]:
+    """Per-device captures of a ``DataParallel`` pass, concatenated in the
+    order its replicas received the batch."""
+    order = device_ids
+    if order is None and isinstance(root, torch.nn.DataParallel):
+        order = list(root.device_ids or [])
+    devices = sorted(store, key=lambda d: (order or []).index(d.index)
+                     if order and d.index in order else (d.index or 0))  # fmt: skip
+    return tuple(torch.cat(parts) for parts in zip(*(store[d] for d in devices)))
+
+
+def channels_last(act: Tensor, count: Optional[int], layout: str) -> bool:
+    """Whether 4-D ``act`` is (B, H, W, N): declared by ``layout``, or
+    detected when the parameters' channel ``count`` matches dim 3 and not
+    dim 1. Shapes that look channels-last without that evidence raise."""
+    if layout in ("channels_first", "channels_last"):
+        return layout == "channels_last"
+    if layout == "tokens":
+        raise ValueError(
+            f"layout='tokens' expects (B, T, N) activations, got {tuple(act.shape)}"
         )
-    return None
+    first, last = act.shape[1] == count, act.shape[3] == count
+    if count is not None and first != last:
+        return last
+    if act.shape[1] == act.shape[2] and act.shape[3] != act.shape[1]:
+        raise ValueError(
+            f"layer activations {tuple(act.shape)} may be (B, N, h, w) or "
+            "channels-last (B, H, W, N), and the layer's parameters do not tell: "
+            "pass layout='channels_first' or layout='channels_last'"
+        )
+    return False
+
+
+def forward_error(error: Exception, argument: str) -> Exception:
+    """The error a failed forward pass is reported as, naming ``argument``
+    (a Siamese model's missing second input is explained)."""
+    if isinstance(error, TypeError):
+        text = str(error)
+        if "missing" in text and "required positional argument" in text:
+            return TypeError(
+                f"forward_func could not run on one batch of inputs ({text}). "
+                "A Siamese model taking (x1, x2) cannot be explained as a whole: "
+                "pass its embedding branch (e.g. model.embedding_net, "
+                "model.backbone or a function x -> embedding) as forward_func, "
+                "and its scoring head, if it has one, as metric= to the gradient "
+                "members or to SimilarityTarget"
+            )
+        return error
+    return ValueError(f"{argument}: forward_func cannot run on it: {error}")

@@ -15,7 +15,7 @@ Every image set is flattened to ``(G*K, ...)`` tensors, ``G`` groups of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
@@ -55,20 +55,39 @@ class Pairs:
     def batch_size(self) -> int:
         return self.inputs[0].shape[0]
 
-    def per_query(self) -> Tuple[Images, Optional[Images]]:
-        """The (B*K, ...) support and (B*K', ...) contrast images of each
-        query: a shared set repeated, references picked by ``index``."""
-        batch = self.batch_size
-        support = _per_query(self.others, self.groups, self.shots, self.index, batch)
-        if self.contrast is None:
-            return support, None
-        count = (self.contrast_groups, self.contrast_shots)
-        return support, _per_query(self.contrast, *count, None, batch)
+    #: the image sets of the call (queries, support or gallery, contrast)
+    #: and their names, in that order
+    parts: List[Images] = field(init=False)
+    names: List[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = [self.inputs, self.others] + ([self.contrast] if self.contrast else [])
+        names = ["inputs", self.argument, "contrast"][: len(parts)]
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "names", names)
+
+
+@dataclass(frozen=True)
+class Features:
+    r"""What the layer sees of a batch of pairs (stage 2), float32 (float64
+    if the activations are). ``G`` is 1 for a shared support (computed once
+    and broadcast), B per query, M for a gallery."""
+
+    query: Tensor  # (B, N, h, w) query activations A_Q
+    support: Tensor  # (G, K, N, h', w') support activations
+    query_vectors: Optional[Tensor] = None  # (B, N) V^Q = p(A_Q)
+    shot_vectors: Optional[Tensor] = None  # (G, K, N) pooled shots
+    contrast: Optional[Tensor] = None  # (G', K', N, h'', w'')
+    contrast_vectors: Optional[Tensor] = None  # (G', K', N)
+    query_gradients: Optional[Tensor] = None  # (B, N, h, w) gradient members
+    support_gradients: Optional[Tensor] = None  # (B, K, N, h', w')
 
 
 def _per_query(
     flat: Images, groups: int, shots: int, index: Optional[Tensor], batch: int
 ) -> Images:
+    """(B*K, ...) images of each query: a shared set repeated, references
+    picked by ``index``, per-query sets as they are."""
     if index is not None:
         return tuple(
             t.reshape(groups, shots, *t.shape[1:])[index].flatten(0, 1) for t in flat
@@ -87,13 +106,16 @@ def pair_arguments(
     target: Optional[TargetType] = None,
     labels: Optional[TargetType] = None,
     gallery: bool = False,
+    per_query: bool = False,
 ) -> Pairs:
     """Check the arguments of a call and describe its pairs.
 
     ``others`` is a support (``gallery=False``: shared, per query, or
     references with ``target``/``labels``) or a gallery (``gallery=True``:
     every query against every item; ``labels`` group a flat gallery into
-    classes). Raises ``TypeError``/``ValueError`` naming the argument at fault.
+    classes). With ``per_query`` (gradient members) each query gets its
+    own copy of its support and contrast (G = B, no index). Raises
+    ``TypeError``/``ValueError`` naming the argument at fault.
     """
     queries = format_inputs(inputs)
     argument = "gallery" if gallery else "support"
@@ -110,18 +132,24 @@ def pair_arguments(
     cflat, cgroups, cshots = None, 1, 1
     if contrast is not None:
         cflat, cgroups, cshots = _format_groups(queries, contrast, "contrast")
-    check_finite(
-        *queries, *flat, *(cflat or ()),
-        names=["inputs"] * len(queries) + [argument] * len(flat)
-        + ["contrast"] * len(cflat or ()),
-    )  # fmt: skip
-    return Pairs(
+    given = (*queries, *flat, *(cflat or ()))
+    names = ["inputs"] * len(queries) + [argument] * len(flat)
+    names += ["contrast"] * len(cflat or ())
+    if index is not None:
+        index = index.to(queries[0].device)
+    if per_query:
+        batch = queries[0].shape[0]
+        flat, groups, index = _per_query(flat, groups, shots, index, batch), batch, None
+        if cflat is not None:
+            cflat = _per_query(cflat, cgroups, cshots, None, batch)
+            cgroups = batch
+    pairs = Pairs(
         queries, flat, groups, shots, argument,
         format_additional_forward_args(additional_forward_args),
-        attribute_to_layer_input,
-        None if index is None else index.to(queries[0].device),
-        cflat, cgroups, cshots,
+        attribute_to_layer_input, index, cflat, cgroups, cshots,
     )  # fmt: skip
+    check_finite(*given, names=names)  # the images as the user gave them
+    return pairs
 
 
 def _grouped(

@@ -215,8 +215,8 @@ def sfam_weights(pair: PooledPair, metric: str = "euclidean") -> Tuple[Tensor, T
             channel_importance(query_vectors, support_vectors, metric)  # raises
         # Eq. 4 of Eq. 2 (Euclidean) or Eq. 5 (cosine); the engine checked the
         # vectors (finite, shapes), so the checked public functions are skipped
-        wide = torch.promote_types(query_vectors.dtype, shot_vectors.dtype)
-        dtype = torch.promote_types(wide, torch.float32)  # float32 or wider
+        wide = torch.float64 in (query_vectors.dtype, shot_vectors.dtype)
+        dtype = torch.float64 if wide else torch.float32  # float32 or wider
         weights = _minmax(_importance(query_vectors, support_vectors, metric))
         weights = weights.to(dtype)
         return weights, weights.unsqueeze(-2)

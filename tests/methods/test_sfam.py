@@ -33,7 +33,7 @@ from captum_sfam import (
     tokens_to_grid,
     weight_spread,
 )
-from captum_sfam._engine.layer import weighted_sum
+from captum_sfam._engine.checks import weighted_sum
 from captum_sfam.functional import PooledPair
 from captum_sfam.methods.sfam import sfam_weights
 
