@@ -15,40 +15,21 @@ from .functional import (
     similarity_gradients,
     weight_spread,
 )
-from .methods import (
-    REGISTRY,
-    ForwardPairAttribution,
-    GradientPairAttribution,
-    LayerCGRAM,
-    LayerDecomposition,
-    LayerGradFAM,
-    LayerRAM,
-    LayerSFAM,
-    LayerSimilarityGradCam,
-    PairAttribution,
-)
+from .methods import *  # noqa: F403  the family, REGISTRY, READINGS, supports_contrast
+from .methods import __all__ as _FAMILY
 from .similarity import SimilarityTarget
 from .transforms import interpolate, tokens_to_grid
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ForwardPairAttribution",
-    "GradientPairAttribution",
-    "LayerCGRAM",
-    "LayerDecomposition",
-    "LayerGradFAM",
-    "LayerRAM",
-    "LayerSFAM",
-    "LayerSimilarityGradCam",
-    "PairAttribution",
+    *_FAMILY,
     "PooledPair",
-    "REGISTRY",
     "SimilarityTarget",
     "channel_importance",
+    "interpolate",
     "minmax_normalize",
     "similarity_gradients",
-    "interpolate",
     "tokens_to_grid",
     "weight_spread",
 ]

@@ -3,15 +3,13 @@ r"""Decomposition: activation decomposition of a cosine similarity
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from .._engine.checks import PoolingType
 from .._engine.forward import ForwardPairAttribution
-from .._engine.layer import ReshapeTransform
 from ..functional.decomposition import (
     check_head,
     decomposition_maps,
@@ -89,32 +87,27 @@ class LayerDecomposition(ForwardPairAttribution):
         forward_func: Callable[..., Any],
         layer: Module,
         metric: str = "cosine",
-        pooling: PoolingType = "avg",
-        device_ids: Optional[List[int]] = None,
-        reshape_transform: Optional[ReshapeTransform] = None,
+        *args: Any,
         head: Union[None, Tensor, Linear] = None,
-        layout: str = "auto",
-        num_prefix_tokens: Optional[int] = None,
+        **kwargs: Any,
     ) -> None:
         r"""
         Args:
 
             forward_func, layer, pooling, device_ids, reshape_transform, layout,
             num_prefix_tokens:
-                        as for :class:`~captum_sfam.LayerSFAM`; ``pooling`` must
-                        be "avg" or "max".
+                        as for :class:`~captum_sfam.LayerSFAM`, in its order;
+                        ``pooling`` must be "avg" or "max".
             metric (str, optional): "cosine" (the only metric the method is
                         defined for).
                         Default: "cosine"
             head (Tensor or torch.nn.Linear, optional): the linear embedding
                         head after the pooled layer, as a (D, N) weight or the
-                        ``nn.Linear`` itself (its bias is dropped).
+                        ``nn.Linear`` itself (its bias is dropped). Keyword
+                        only.
                         Default: None
         """
-        super().__init__(
-            forward_func, layer, metric, pooling, device_ids, reshape_transform,
-            layout, num_prefix_tokens,
-        )  # fmt: skip
+        super().__init__(forward_func, layer, metric, *args, **kwargs)
         if isinstance(head, Linear):
             head = head.weight
         if head is not None:

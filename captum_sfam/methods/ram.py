@@ -2,13 +2,11 @@ r"""RAM: Ranking Activation Map (Yang et al., CVPR 2019)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 from torch.nn import Module
 
-from .._engine.checks import PoolingType
 from .._engine.forward import ForwardPairAttribution
-from .._engine.layer import ReshapeTransform
 from ..functional.ram import WEIGHTINGS, ram_weights
 
 
@@ -53,28 +51,22 @@ class LayerRAM(ForwardPairAttribution):
         forward_func: Callable[..., Any],
         layer: Module,
         metric: str = "euclidean",
-        pooling: PoolingType = "avg",
-        device_ids: Optional[List[int]] = None,
-        reshape_transform: Optional[ReshapeTransform] = None,
+        *args: Any,
         weighting: str = "self",
-        layout: str = "auto",
-        num_prefix_tokens: Optional[int] = None,
+        **kwargs: Any,
     ) -> None:
         r"""
         Args:
 
             forward_func, layer, metric, pooling, device_ids, reshape_transform,
             layout, num_prefix_tokens:
-                        as for :class:`~captum_sfam.LayerSFAM`.
+                        as for :class:`~captum_sfam.LayerSFAM`, in its order.
             weighting (str, optional): "self" (each image's own pooled vector,
                         pair-agnostic), "other" (the other side's vector) or
-                        "product" (:math:`v^Q_n v^S_n`).
+                        "product" (:math:`v^Q_n v^S_n`). Keyword only.
                         Default: "self"
         """
-        super().__init__(
-            forward_func, layer, metric, pooling, device_ids, reshape_transform,
-            layout, num_prefix_tokens,
-        )  # fmt: skip
+        super().__init__(forward_func, layer, metric, *args, **kwargs)
         if weighting not in WEIGHTINGS:
             raise ValueError(
                 f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
