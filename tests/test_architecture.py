@@ -36,8 +36,11 @@ def _imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = list(package[: len(package) - node.level + 1])
-            target = base + (node.module.split(".") if node.module else [])
-            yield tuple(target), node.lineno
+            if node.module is None:  # from . import a, b: the modules a, b
+                for alias in node.names:
+                    yield tuple(base + [alias.name]), node.lineno
+                continue
+            yield tuple(base + node.module.split(".")), node.lineno
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
             "captum_sfam."
         ):
@@ -68,6 +71,63 @@ def _violations():
 
 def test_imports_only_go_down_a_floor():
     assert list(_violations()) == []
+
+
+def _graph():
+    """Module -> modules of the package it imports (lazy imports included)."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(p for p in parts if p != "__init__")
+        targets = set()
+        for target, _ in _imports(path):
+            dotted = ".".join(target)
+            # "from .x import y" may name a module x.y or a name in x
+            for candidate in (dotted, dotted.rsplit(".", 1)[0]):
+                if (PACKAGE / candidate.replace(".", "/")).with_suffix(
+                    ".py"
+                ).exists() or (
+                    PACKAGE / candidate.replace(".", "/") / "__init__.py"
+                ).exists():
+                    targets.add(candidate)
+                    break
+        graph[name] = targets - {name}
+    return graph
+
+
+def _cycle(graph):
+    """One import circle among the package's modules, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path + [nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_circle():
+    """No module imports one that (through others) imports it back; a
+    package's __init__ re-exporting its own modules is not a circle."""
+    graph = {
+        name: {t for t in targets if not name.startswith(t + ".") and t != ""}
+        for name, targets in _graph().items()
+    }
+    assert _cycle(graph) is None
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_the_floor_check_sees_an_import_that_goes_up(tmp_path, monkeypatch):
