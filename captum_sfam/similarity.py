@@ -54,6 +54,23 @@ def embed(
         return select_embedding(model(images, *args), embedding_func)
 
 
+def support_images(support: object, name: str = "support") -> Tensor:
+    """Checked (R, K, C, H, W) support images from (R, K, C, H, W) or
+    (R, C, H, W) (one shot each): floating point, R, K >= 1, finite. Errors
+    name the argument ``name``."""
+    if not isinstance(support, Tensor) or not support.is_floating_point():
+        raise TypeError(f"{name} must be a floating point Tensor")
+    if support.dim() == 4:
+        support = support.unsqueeze(1)
+    if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
+        raise ValueError(
+            f"{name} must be (R, K, C, H, W) or (R, C, H, W) with R, K >= 1, "
+            f"got {tuple(support.shape)}"
+        )
+    check_finite(support, names=[name])
+    return support
+
+
 def prototypes(
     model: Callable[..., Any],
     support: Tensor,
@@ -69,18 +86,9 @@ def prototypes(
     grouped into classes in increasing label order. Returns (R, D), from one
     batched forward without a graph.
     """
-    if not isinstance(support, Tensor) or not support.is_floating_point():
-        raise TypeError("support must be a floating point Tensor")
-    if support_labels is not None:
+    if support_labels is not None and isinstance(support, Tensor):
         support, _ = group_by_label(support, support_labels)
-    if support.dim() == 4:
-        support = support.unsqueeze(1)
-    if support.dim() != 5 or support.shape[0] == 0 or support.shape[1] == 0:
-        raise ValueError(
-            f"support must be (R, K, C, H, W) with R, K >= 1, got "
-            f"{tuple(support.shape)}"
-        )
-    check_finite(support, names=["support"])
+    support = support_images(support)
     classes, shots = support.shape[:2]
     emb = embed(model, support.flatten(0, 1), additional_forward_args, embedding_func)
     return emb.reshape(classes, shots, -1).mean(dim=1)
@@ -271,4 +279,5 @@ __all__ = [
     "paired_similarity",
     "prototypes",
     "similarity_matrix",
+    "support_images",
 ]

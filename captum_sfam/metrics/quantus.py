@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from ..similarity import SimilarityTarget
+from ..similarity import SimilarityTarget, support_images
 from ..similarity import prototypes as support_prototypes
 
 
@@ -93,7 +93,7 @@ class SupportSimilarityModel(SimilarityTarget):
         """
         if not isinstance(embedding_model, Module):
             raise TypeError("embedding_model must be a torch.nn.Module")
-        supports = _supports(supports)
+        supports = support_images(supports, "supports")
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
         name = None if layer is None else _layer_name(embedding_model, layer, "layer")
@@ -116,22 +116,6 @@ class SupportSimilarityModel(SimilarityTarget):
         embedded by the model's current weights."""
         self.references = self.prototypes()
         return super().forward(inputs)
-
-
-def _supports(supports: object) -> Tensor:
-    """Checked (R, K, C, H, W) supports from (R, K, C, H, W) or (R, C, H, W)."""
-    if not isinstance(supports, Tensor) or not supports.is_floating_point():
-        raise TypeError("supports must be a floating point Tensor")
-    if supports.dim() == 4:
-        supports = supports.unsqueeze(1)
-    if supports.dim() != 5 or supports.shape[0] == 0 or supports.shape[1] == 0:
-        raise ValueError(
-            f"supports must be (R, K, C, H, W) or (R, C, H, W) with R, K >= 1, "
-            f"got {tuple(supports.shape)}"
-        )
-    if not bool(torch.isfinite(supports).all()):
-        raise ValueError("supports contains NaN or inf values")
-    return supports
 
 
 def _layer_name(model: Module, layer: Union[str, Module], name: str) -> str:
