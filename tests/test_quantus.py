@@ -319,16 +319,18 @@ def test_quantus_random_logit_separates_pair_specific_maps(colour_model):
     assert scores["simgradcam"].mean() < 0.99 and scores["sfam"].mean() < 0.99
 
 
-def readme_snippet(word: str) -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def docs_snippet(word: str) -> str:
+    page = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
     return next(
-        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if word in b
+        b
+        for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+        if word in b
     )
 
 
-def test_readme_quantus_example_runs():
+def test_docs_quantus_example_runs():
     scope: dict = {}
-    exec(readme_snippet("SupportSimilarityModel("), scope)
+    exec(docs_snippet("SupportSimilarityModel("), scope)
     scores = np.asarray(scope["scores"])
     # FaithfulnessCorrelation aggregates by default: one mean over the queries
     assert scores.shape == (1,) and np.isfinite(scores).all()
