@@ -45,7 +45,7 @@ class PairAttribution(CorrespondenceMixin, LayerAttribution):
 
     #: metrics a member is defined for
     supported_metrics: Tuple[str, ...] = METRICS
-    #: pooling names a member is defined for; None: any, callables included
+    #: pooling names a member is defined for, or None for any (callables included)
     supported_poolings: Optional[Tuple[str, ...]] = None
     #: why the member (with its settings) refuses ``contrast=``, or None: the
     #: one place a member whose maps do not depend on the support says so

@@ -135,7 +135,7 @@ class CorrespondenceMixin:
                         correspondences")
 
         Returns:
-            *Tensor* of shape (B, h, w, K, h', w'): ``result[b, i, j]`` is the
+            Tensor of shape (B, h, w, K, h', w'): ``result[b, i, j]`` is the
             map on the K support shots of query position (i, j);
             ``result[b, ..., k, x, y]`` the map on the query of support
             position (x, y) of shot k. Float32 (float64 for float64
@@ -187,14 +187,15 @@ class CorrespondenceMixin:
         matches on each support image.
 
         Args:
-            inputs, support, additional_forward_args, attribute_to_layer_input,
-            reading: as in :meth:`point_to_point`.
+            inputs, support, additional_forward_args, attribute_to_layer_input:
+                        as in :meth:`point_to_point`.
+            reading (str, optional): as in :meth:`point_to_point`.
             point (tuple[float, float]): (y, x) in the query's input pixels;
                         the layer cell holding it is
                         :math:`(\lfloor y h/H\rfloor, \lfloor x w/W\rfloor)`.
 
         Returns:
-            *Tensor* of shape (B, K, 1, H', W'): that cell's scores of
+            Tensor of shape (B, K, 1, H', W'): that cell's scores of
             :meth:`point_to_point` on each support shot, upsampled bilinearly
             to the support images' size (H', W').
         """

@@ -39,8 +39,9 @@ class ForwardPairAttribution(PairAttribution):
     no gradient, and the network stops right after the layer.
 
     A member declares ``weight_rule``, a function of
-    :mod:`captum_sfam.functional` mapping a :class:`~captum_sfam.functional.
-    PooledPair` (and ``rule_options``) to query weights (..., N) and shot
+    :mod:`captum_sfam.functional` mapping a
+    :class:`~captum_sfam.functional.PooledPair` (and ``rule_options``) to query
+    weights (..., N) and shot
     weights (..., K or 1, N); optionally ``map_rule`` (activations of the
     query, the support and the contrast, and ``map_options``, to maps)
     where its maps are not the weighted sum of Eq. 3.

@@ -133,7 +133,7 @@ def point_to_point_scores(
     :math:`\mathrm{ReLU}(P / \max P)`, the maximum taken over the pair; all
     zeros where :math:`\max P \le 0` (no position pair contributes positively
     to the similarity). query (..., N, h, w) and support (..., K, N, h', w'),
-    leading dims broadcasting -> (..., h*w, K*h'*w').
+    leading dims broadcasting -> ``(..., h*w, K*h'*w')``.
     """
     p = position_products(query, support, pooling, head)
     peak = p.amax(dim=(-2, -1), keepdim=True)
@@ -170,7 +170,7 @@ def decomposition_maps(
     :math:`\cos(Q,S) - \cos(Q,S')`: :math:`M_Q(i,j) = \sum_{kxy}
     \mathrm{ReLU}(P_S)/(z_Q z_S) - \sum_{kxy}\mathrm{ReLU}(P_{S'})/(z_Q z_{S'})`
     and :math:`M_{S_k}(x,y) = \sum_{ij}\mathrm{ReLU}(P_S)/(z_Q z_S)`
-    (:func:`cosine_scale`; no max normalisation, so the query map sums to the
+    (``cosine_scale``; no max normalisation, so the query map sums to the
     cosine difference when no P is negative).
     """
     head = check_head(head, query.shape[-3])

@@ -56,7 +56,7 @@ class LayerDecomposition(ForwardPairAttribution):
 
     Contrast (``attribute(..., contrast=S')``): the decomposition of
     :math:`\cos(Q,S) - \cos(Q,S')`. Each pair's products are divided by
-    :math:`z_Q z_S` (:func:`cosine_scale`: :math:`z = n\lVert e(V)\rVert`,
+    :math:`z_Q z_S` (``cosine_scale``: :math:`z = n\lVert e(V)\rVert`,
     n the number of position terms behind V, :math:`Khw` for average
     pooling, K for max pooling), so that their unrectified sum is the cosine:
 

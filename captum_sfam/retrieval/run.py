@@ -156,7 +156,7 @@ def explain_retrieval(
                     gallery overlap).
                     Default: True
         relu_attributions (bool, optional): ReLU on the maps, as in
-                    :meth:`PairAttribution.attribute`.
+                    the members' ``attribute``.
                     Default: False
         contrast (bool, optional): also write each query's contrastive map,
                     rank 1 against rank 2, when the family's ``attribute`` has
