@@ -14,9 +14,12 @@ from __future__ import annotations
 import builtins
 import importlib
 import importlib.util
+import inspect
 import shutil
+import sys
 from pathlib import Path
 
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.nodes import make_refnode
 
 import captum_sfam
@@ -58,6 +61,9 @@ myst_heading_anchors = 3
 nb_execution_mode = "off"
 nb_execution_raise_on_error = True
 nb_merge_streams = True
+# library warnings a kernel printed (tqdm's "IProgress not found") are noise
+# on a rendered page; nbmake still fails CI on a cell that raises
+nb_output_stderr = "remove"
 
 # --- autodoc ------------------------------------------------------------------
 autodoc_member_order = "bysource"
@@ -224,6 +230,33 @@ def dataclass_defaults(app, what, name, obj, options, signature, return_annotati
     return None
 
 
+def data_doc_comment(app, what, name, obj, options, lines):
+    """A re-exported constant shows the ``#:`` comment where it is defined.
+
+    autodoc reads ``#:`` comments in the module it documents the name under;
+    ``captum_sfam.methods.READINGS`` is defined (and commented) in another
+    module, so autodoc would show the docstring of ``tuple`` instead.
+    """
+    if what != "data" or obj is None:
+        return
+    own = inspect.getdoc(type(obj)) or ""
+    if lines and "\n".join(lines).strip() != own.strip():
+        return
+    for modname, module in sorted(sys.modules.items()):
+        if not modname.startswith("captum_sfam") or module is None:
+            continue
+        try:
+            docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
+        except Exception:
+            continue
+        for (namespace, attr), comment in docs.items():
+            if namespace == "" and getattr(module, attr, None) is obj:
+                lines[:] = list(comment)
+                return
+    lines[:] = []
+
+
 def setup(app):
+    app.connect("autodoc-process-docstring", data_doc_comment)
     app.connect("missing-reference", resolve_reference)
     app.connect("autodoc-process-signature", dataclass_defaults)

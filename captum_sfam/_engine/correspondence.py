@@ -31,7 +31,7 @@ from ..functional.decomposition import blocks
 from .checks import finalize_maps, public_call
 from .pairs import TensorOrTuple, pair_arguments
 
-#: the readings of :func:`correspondence_scores`
+#: the ``reading=`` values of ``point_to_point`` and ``point_map``
 READINGS = ("dot", "cosine", "weighted")
 
 
