@@ -4,9 +4,9 @@ Build (from the repository root, warnings as errors, nitpicky references):
 
     sphinx-build -n -W --keep-going -b html docs docs/_build/html
 
-The tutorials are rendered with the outputs stored in ``tutorials/*.ipynb``;
-the docs build never executes them (CI executes them once, with
-``pytest --nbmake --overwrite tutorials``, before building the docs).
+The tutorials are rendered with the outputs their notebooks store; the docs
+build never executes them. CI executes them once, with ``pytest --nbmake
+--overwrite`` on a copy, and builds with ``SFAM_TUTORIALS`` pointing at it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import builtins
 import importlib
 import importlib.util
 import inspect
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -96,12 +97,18 @@ if (DOCS / "_static" / "mathjax" / "tex-chtml.js").is_file():
 
 # --- build-time pages ---------------------------------------------------------
 def copy_tutorials() -> None:
-    """Copy ../tutorials/*.ipynb into tutorials/notebooks/ (git-ignored)."""
+    """Copy the tutorials into tutorials/notebooks/ (git-ignored).
+
+    From ``$SFAM_TUTORIALS`` when set (.ci/run points it at the copy that
+    ``pytest --nbmake --overwrite`` executed, so the checkout's notebooks stay
+    as committed), else from the repository's ``tutorials/``.
+    """
+    source = Path(os.environ.get("SFAM_TUTORIALS") or ROOT / "tutorials")
     out = DOCS / "tutorials" / "notebooks"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for nb in sorted((ROOT / "tutorials").glob("*.ipynb")):
+    for nb in sorted(source.glob("*.ipynb")):
         shutil.copy2(nb, out / nb.name)
 
 
