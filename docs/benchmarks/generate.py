@@ -442,10 +442,8 @@ def quality(path: Path, data: Dict[str, Any]) -> str:
                 [name] + [_num(m.get(k), s, d) for k, _, s, d in cols]
                 for name, m in methods.items()
             ]
-            counts = sorted({
-                f"{label}: n = {m.get(f'{k}_n')}"
-                for m in list(methods.values())[:1] for k, label, _, _ in cols
-            })  # fmt: skip
+            first = next(iter(methods.values()), {})
+            counts = [f"{label}: n = {first.get(f'{k}_n')}" for k, label, _, _ in cols]
             text += _table(["method"] + [label for _, label, _, _ in cols], body)
             text += "\nSamples per column (first row): " + "; ".join(counts) + ".\n"
         text += "\n"
