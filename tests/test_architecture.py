@@ -14,7 +14,7 @@ import captum_sfam
 from captum_sfam import LayerCGRAM, LayerSFAM
 
 PACKAGE = Path(captum_sfam.__file__).resolve().parent
-#: top-level floors, bottom (0) to top; README, "Architecture"
+#: top-level floors, bottom (0) to top; docs/architecture.md
 FLOORS = {
     "_optional": 0, "_engine": 0, "functional": 0, "methods": 0,
     "similarity": 0, "transforms": 0, "images": 1, "metrics": 2,

@@ -99,7 +99,7 @@ class CorrespondenceMixin:
     default by ``correspondence_reading``.
     """
 
-    #: ``point_to_point``'s default reading (measured: README,
+    #: ``point_to_point``'s default reading (measured: docs/concepts.md,
     #: "Point-to-point correspondences")
     correspondence_reading: str = "cosine"
 
@@ -131,8 +131,8 @@ class CorrespondenceMixin:
                         (:math:`\sum_n w_n a^n_Q a^n_S`, w the member's query
                         channel weights).
                         Default: the member's ``correspondence_reading``,
-                        chosen by measurement (README, "Point-to-point
-                        correspondences")
+                        chosen by measurement (docs/concepts.md,
+                        "Point-to-point correspondences")
 
         Returns:
             Tensor of shape (B, h, w, K, h', w'): ``result[b, i, j]`` is the

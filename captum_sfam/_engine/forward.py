@@ -96,7 +96,7 @@ class ForwardPairAttribution(PairAttribution):
                         shared or (B, K', C, H, W) per query): the maps then
                         explain why the query matches ``support`` rather than
                         ``contrast`` (each member's formula is in its class
-                        docstring and the README, "Contrastive maps"). The
+                        docstring and docs/concepts.md, "Contrast"). The
                         contrast images run in the same forward pass as the
                         queries and the support when the model is in eval mode.
                         Default: None

@@ -74,7 +74,7 @@ class LayerDecomposition(ForwardPairAttribution):
     :meth:`point_to_point` reads the position embeddings :math:`e(i,j)`
     (head and max mask included): ``reading="dot"`` gives Zhu et al.'s
     rectified :math:`P/\max P` (which sums to the overall map),
-    ``reading="cosine"`` (the default, chosen by measurement: README,
+    ``reading="cosine"`` (the default, chosen by measurement: docs/concepts.md,
     "Point-to-point correspondences") their cosine.
     """
 

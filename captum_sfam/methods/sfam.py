@@ -60,7 +60,7 @@ class LayerSFAM(ForwardPairAttribution):
 
     all zeros when no channel tells S from S'; the shots' maps use the same
     weights. Swapping S and S' negates the map. The reading was chosen by
-    measurement (README, "Contrastive maps").
+    measurement (docs/members/sfam.md, "Measured").
 
     More details: Liao et al., "Visual explanation via similar feature
     activation for metric learning", https://arxiv.org/abs/2506.01636

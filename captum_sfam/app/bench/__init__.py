@@ -5,7 +5,7 @@ r"""Benchmark of every pair-attribution method, with ground truth, offline.
                                     [--out bench-results] [--seed 0] [--quick]
     captum-sfam bench ...
 
-Four settings (see README for the last numbers):
+Four settings (the last numbers: docs/benchmarks):
 
 (a) Euclidean few-shot: the prototypical network of :mod:`captum_sfam.demo.trained`
     on 5-way 1-shot episodes of the synthetic test classes; each episode's
