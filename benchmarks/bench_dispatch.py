@@ -19,11 +19,16 @@ benchmarks/results/dispatch-cpu.json).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
+import shlex
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict
 
+import captum
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -138,7 +143,18 @@ def main() -> None:
             f"{row['extra_kernels']:>+15} {row['syncs']:>11}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": {
+            "torch": torch.__version__,
+            "captum": captum.__version__,
+            "python": platform.python_version(),
+            "device": "cpu",
+        },
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 

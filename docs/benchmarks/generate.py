@@ -130,6 +130,8 @@ def _machine(data: Dict[str, Any]) -> str:
     if not m:
         return "not recorded"
     bits = [f"torch {m['torch']}"] if m.get("torch") else []
+    bits += [f"captum {m['captum']}"] if m.get("captum") else []
+    bits += [f"Python {m['python']}"] if m.get("python") else []
     bits.append(f"device {m.get('device')}")
     if m.get("gpu"):
         bits.append(f"GPU {m['gpu']}")
@@ -147,15 +149,22 @@ def dispatch(path: Path, data: Dict[str, Any]) -> str:
     settings = data.get("settings", {})
     rows = data["rows"]
     forward = rows.get("forward", {})
+    if isinstance(data.get("command"), str):
+        command = _code(data["command"]) + " (recorded in the file)"
+    else:
+        command = (
+            _code(_rebuilt("benchmarks/bench_dispatch.py", settings, DISPATCH_DEFAULTS))
+            + " (rebuilt from the settings the file records; the documented usage "
+            + "is "
+            + _code(DOCUMENTED["dispatch-cpu"])
+            + ")"
+        )
     text = _header(
         "Operator dispatch per explanation (CPU-counted)",
         path,
-        _date(path),
-        "not recorded in the file",
-        _code(_rebuilt("benchmarks/bench_dispatch.py", settings, DISPATCH_DEFAULTS))
-        + " (rebuilt from the settings the file records; the documented usage is "
-        + _code(DOCUMENTED["dispatch-cpu"])
-        + ")",
+        _date(path, data),
+        _machine(data),
+        command,
         "Aten operators, kernel-launching operators and host synchronisations "
         "of one `attribute` call beyond a `torch.no_grad()` forward of the "
         "queries and the support together; counted on the CPU, independently "
