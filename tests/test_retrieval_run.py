@@ -107,8 +107,9 @@ def test_exact_top_k_scores_the_gallery_in_chunks():
     )
     table = RecordingTable(gallery)
     values, indices = exact_top_k(queries, table, 3, "cosine", chunk_size=8)
-    # 7 chunks of at most 8 rows, then the 4 x 3 chosen rows: never all 50
-    assert table.reads == [8] * 6 + [2] + [12]
+    # 7 chunks of at most 8 rows, then the 4 x (3 + 8) candidates re-scored
+    # exactly: never the 50 rows at once
+    assert table.reads == [8] * 6 + [2] + [4 * (3 + 8)]
     expected = similarity_matrix(queries, gallery, "cosine").topk(3, dim=1)
     assert torch.equal(indices, expected.indices)
 
@@ -502,3 +503,29 @@ def test_image_files_take_labels_from_top_level_folders(tmp_path):
     assert (
         ImageFiles.from_folder(tmp_path, lambda p: torch.zeros(3, 2, 2)).labels is None
     )
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_top_k_far_from_the_origin_equals_a_float64_sort(metric):
+    """Embeddings offset by 1e4 with neighbours 1e-2 apart: the expanded
+    float32 distance would cancel to noise; the centred scan and the exact
+    re-scoring of k + margin candidates give the float64 ranking."""
+    gen = torch.Generator().manual_seed(0)
+    offset = torch.full((1, 16), 1e4, dtype=torch.float64)
+    gallery = offset + torch.randn(300, 16, generator=gen, dtype=torch.float64)
+    queries = gallery[:5] + 1e-2 * torch.randn(
+        5, 16, generator=gen, dtype=torch.float64
+    )
+    if metric == "cosine":  # directions, far from the origin too
+        gallery, queries = gallery - offset, queries - offset
+    values, indices = exact_top_k(queries.float(), gallery.float(), 5, metric, 64)
+    q, g = queries.float().double(), gallery.float().double()
+    if metric == "cosine":
+        full = (
+            torch.nn.functional.normalize(q, dim=-1)
+            @ torch.nn.functional.normalize(g, dim=-1).T
+        )
+    else:
+        full = -(torch.cdist(q, g) ** 2)
+    expected = torch.sort(full, dim=1, descending=True, stable=True).indices[:, :5]
+    assert torch.equal(indices, expected)

@@ -26,6 +26,8 @@ MetricFunc = Callable[[Tensor, Tensor], Tensor]
 
 #: gallery rows scored at once by :func:`exact_top_k`
 DEFAULT_GALLERY_CHUNK = 4096
+#: candidates beyond k that :func:`exact_top_k` keeps and re-scores exactly
+TOP_K_MARGIN = 8
 
 
 def similarity_matrix(
@@ -86,9 +88,12 @@ def exact_top_k(
 ) -> Tuple[Tensor, Tensor]:
     r"""Exact top-k gallery items of each query, by chunks of the gallery.
 
-    Only a (Q, chunk_size + k) block of scores exists at a time, so the
-    memory does not grow with the gallery. Ties are broken by the lower
-    gallery index.
+    Only a (Q, chunk_size + k + 8) block of scores exists at a time, so the
+    memory does not grow with the gallery. The scan scores in float32 (the
+    Euclidean one on vectors centred on the queries' mean, so that
+    embeddings far from the origin do not cancel), keeps k + 8 candidates
+    (``TOP_K_MARGIN``) and re-scores them exactly from their own vectors
+    before taking the k best. Ties are broken by the lower gallery index.
 
     Args:
 
@@ -124,30 +129,36 @@ def exact_top_k(
     q = queries.float()
     if metric == "cosine":
         q = F.normalize(q, dim=-1, eps=COSINE_EPS)
-    else:
+    else:  # distances are translation invariant: centre on the queries so
+        # that the expanded form below does not cancel catastrophically for
+        # embeddings far from the origin
+        centre = q.mean(dim=0, keepdim=True)
+        q = q - centre
         q_squared = (q * q).sum(dim=-1, keepdim=True)
+    # candidates kept through the scan: k and a margin, all re-scored exactly
+    pool = min(total, k + TOP_K_MARGIN)
     best_values = q.new_empty(q.shape[0], 0)
     best_indices = torch.empty(q.shape[0], 0, dtype=torch.long, device=device)
+    excluded = None if exclude is None else exclude.to(device)[:, None]
     for start in range(0, total, chunk_size):
         g = gallery[start : start + chunk_size].to(device, torch.float32)
         if metric == "cosine":
             scores = q @ F.normalize(g, dim=-1, eps=COSINE_EPS).T
         else:
+            g = g - centre
             scores = 2 * (q @ g.T) - q_squared - (g * g).sum(dim=-1)[None]
         index = torch.arange(start, start + g.shape[0], device=device)
-        if exclude is not None:
-            scores = scores.masked_fill(
-                exclude.to(device)[:, None] == index, -torch.inf
-            )
+        if excluded is not None:
+            scores = scores.masked_fill(excluded == index, -torch.inf)
         values = torch.cat([best_values, scores], dim=1)
         indices = torch.cat([best_indices, index.expand(q.shape[0], -1)], dim=1)
         # earlier candidates have lower indices: a stable sort keeps them first
         order = torch.sort(values, dim=1, descending=True, stable=True).indices
-        order = order[:, :k]
+        order = order[:, :pool]
         best_values, best_indices = values.gather(1, order), indices.gather(1, order)
-    # exact values of the chosen items, each from its own two vectors (so
-    # equal items get equal values whatever chunk they were scored in), then
-    # best first, ties by the lower gallery index
+    # exact values of the candidates, each from its own two vectors (so equal
+    # items get equal values whatever chunk they were scored in), then the k
+    # best, ties by the lower gallery index
     chosen = gallery[best_indices.flatten().to(gallery.device)].to(device).float()
     chosen = chosen.view(*best_indices.shape, -1)
     if metric == "cosine":
@@ -155,13 +166,13 @@ def exact_top_k(
     else:
         diff = queries.float()[:, None] - chosen
         best_values = -(diff * diff).sum(dim=-1)
+    if excluded is not None:
+        best_values = best_values.masked_fill(excluded == best_indices, -torch.inf)
     by_index = torch.sort(best_indices, dim=1).indices
     best_values = best_values.gather(1, by_index)
     best_indices = best_indices.gather(1, by_index)
-    order = torch.sort(best_values, dim=1, descending=True, stable=True).indices
-    best_values = best_values.gather(1, order)
-    best_indices = best_indices.gather(1, order)
-    return best_values, best_indices
+    order = torch.sort(best_values, dim=1, descending=True, stable=True).indices[:, :k]
+    return best_values.gather(1, order), best_indices.gather(1, order)
 
 
 # ---------------------------------------- the gradient members' scores ---
