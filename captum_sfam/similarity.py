@@ -261,12 +261,33 @@ class SimilarityTarget(Module):
 
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
         emb = select_embedding(self.embedding_model(inputs, *args), self.embedding_func)
+        if torch.is_grad_enabled() and not emb.requires_grad:
+            self._check_autograd(inputs)
         refs = self.references.to(emb.dtype)
         scores = similarity_matrix(emb, refs, self.metric)
         if self.contrast is not None:  # sim(e, r) - sim(e, r')
             against = similarity_matrix(emb, self.contrast.to(emb.dtype), self.metric)
             scores = scores - against
         return scores
+
+    def _check_autograd(self, inputs: Tensor) -> None:
+        """Raise when a gradient is wanted (grad enabled, and the inputs or
+        the model's parameters require grad) but the embedding has none."""
+        model = find_model(self.embedding_model)
+        params = model.parameters() if model is not None else ()
+        wanted = (isinstance(inputs, Tensor) and inputs.requires_grad) or any(
+            p.requires_grad for p in params
+        )
+        if wanted:
+            raise ValueError(
+                "SimilarityTarget: embedding_model computes the embedding "
+                "without autograd (it runs under torch.no_grad() or "
+                "torch.inference_mode(), as pytorch-metric-learning's "
+                "InferenceModel.get_embeddings does, or detaches it): Captum's "
+                "gradient methods need its gradient. Pass the model itself "
+                "(e.g. trunk followed by embedder) as embedding_model; for "
+                "similarities only, call it under torch.no_grad()"
+            )
 
 
 __all__ = [

@@ -27,12 +27,16 @@ r"""Evaluation protocols for pair explanations (needs the ``eval`` extra: scipy)
   cascading randomisation from the top layer down, Spearman rank correlation
   with the original map at each step.
 - :func:`recall_at_k`, :func:`nearest_neighbours`: retrieval on embeddings.
+- :func:`input_resolution` and :func:`explanation_func`
+  (``captum_metrics.py``): layer maps for Captum's ``infidelity`` and
+  ``sensitivity_max``.
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the map's frame, half-open
 (``x1``, ``y1`` excluded). Maps are (H, W) tensors at the image's resolution
 (upsample layer maps with ``LayerAttribution.interpolate(..., "bilinear")``).
 """
 
+from .captum_metrics import explanation_func, input_resolution
 from .correspondence import (
     KnownPair,
     correspondence_pck,
@@ -71,7 +75,9 @@ __all__ = [
     "correspondence_pck",
     "crop_pair",
     "deletion_insertion",
+    "explanation_func",
     "flip_pair",
+    "input_resolution",
     "known_geometry_pair",
     "localization",
     "nearest_neighbours",
