@@ -10,9 +10,11 @@ r"""Two small metric-learning models trained on :mod:`captum_sfam.demo.synthetic
   normalisation, trained with the multi-similarity loss (Wang et al., CVPR
   2019); decision = cosine similarity.
 
-Both train in a minute or two on 2 CPU cores, on the *train* classes only;
-weights are cached in ``$CAPTUM_SFAM_CACHE`` (default
-``~/.cache/captum_sfam``), never in the repository.
+Both train in a minute or two on 2 CPU cores, on the *train* classes only.
+The default models (200 steps, seed 0) ship trained with the package
+(``captum_sfam/demo/weights/*.safetensors``, made by this training code), so
+they load offline without training; other settings train once and are
+cached in ``$CAPTUM_SFAM_CACHE`` (default ``~/.cache/captum_sfam``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._optional import require_extra
 from ..metrics.retrieval import nearest_neighbours, recall_at_k
 from ..similarity import embed, similarity_matrix
 from .synthetic import ShapesFewShot
 
 #: images embedded per forward pass when evaluating
 EMBED_BATCH = 256
+#: the default models' weights, shipped with the package
+SHIPPED = Path(__file__).resolve().parent / "weights"
 
 
 def cache_dir() -> Path:
@@ -198,6 +203,13 @@ def _load_or_train(
     key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{kind}-{key}.pt"
     model = ProtoNet() if kind == "protonet" else CosineEmbedder()
+    shipped = SHIPPED / f"{kind}-{key}.safetensors"
+    if shipped.is_file() and not retrain:  # the default models ship trained
+        require_extra("safetensors", "safetensors")
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(shipped))
+        return model.eval()
     if path.is_file() and not retrain:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
