@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     start = time.perf_counter()
     report: Dict[str, object] = {"args": vars(args).copy(), "settings": {}}
     texts = []
+    seconds: Dict[str, float] = {}
     for key in [k for k in SETTINGS if k in args.settings]:
+        began = time.perf_counter()
         s = SETTINGS[key](args)
         summary = evaluate(
             s.model, s.layer, s.metric, s.pairs, s.scenes, s.steps,
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         )  # fmt: skip
         report["settings"][key] = {"model": s.info, "methods": summary}
         texts.append(format_table(s.title, summary))
+        seconds[key] = _done(key, began, args)
     if "correspondence" in args.settings:
+        began = time.perf_counter()
         model, photos = correspondence_photos(args)
         summary = correspondence_setting(model, model.bn2, photos)
         title = (
@@ -56,9 +60,28 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         info = {"photos": PHOTOS[: args.pck_photos]}
         report["settings"]["correspondence"] = {"model": info, "methods": summary}
         texts.append(format_table(title, summary, PCK_HEADERS))
+        seconds["correspondence"] = _done("correspondence", began, args)
     report["seconds"] = time.perf_counter() - start
+    report["seconds_per_setting"] = seconds
     report["tables"] = texts
     return report
+
+
+def _done(key: str, began: float, args: argparse.Namespace) -> float:
+    """Seconds since ``began``, printed (unless ``--no-progress``)."""
+    seconds = time.perf_counter() - began
+    if not args.no_progress:
+        print(f"{key}: {seconds:.0f} s", flush=True)
+    return seconds
+
+
+#: the sizes of the default run (a few minutes on 2 cores) and of ``--full``
+SIZES = {
+    "default": {"episodes": 40, "pairs": 40, "scenes": 16, "photo_pairs": 8,
+                "pck_photos": 2},
+    "full": {"episodes": 100, "pairs": 100, "scenes": 40, "photo_pairs": 20,
+             "pck_photos": 5},
+}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,13 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser (argparse.ArgumentParser): the (sub)command's parser.
     """
-    parser.add_argument("--episodes", type=int, default=100, help="(a) episodes")
-    parser.add_argument("--pairs", type=int, default=100, help="(b) retrieval queries")
-    parser.add_argument("--scenes", type=int, default=40, help="two-object scenes")
-    parser.add_argument("--photo-pairs", type=int, default=20, help="(c) composites")
-    parser.add_argument(
-        "--pck-photos", type=int, default=5, help="(d) photos (1 to 5), 3 pairs each"
-    )
+    sizes = "default {}, --full {}"
+    for flag, name, text in (
+        ("--episodes", "episodes", "(a) episodes"),
+        ("--pairs", "pairs", "(b) retrieval queries"),
+        ("--scenes", "scenes", "two-object scenes"),
+        ("--photo-pairs", "photo_pairs", "(c) composites"),
+        ("--pck-photos", "pck_photos", "(d) photos (1 to 5), 3 pairs each"),
+    ):
+        numbers = sizes.format(SIZES["default"][name], SIZES["full"][name])
+        parser.add_argument(flag, type=int, default=None, help=f"{text}; {numbers}")
     parser.add_argument(
         "--steps", type=int, default=16, help="deletion/insertion steps"
     )
@@ -88,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--quick", action="store_true", help="seconds: a smoke run")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the full sizes (about 9 minutes on 2 cores; the default run takes a few)",
+    )
 
 
 def main_args(args: argparse.Namespace) -> int:
@@ -99,6 +130,9 @@ def main_args(args: argparse.Namespace) -> int:
     Returns:
         the exit code, 0.
     """
+    for name, value in SIZES["full" if args.full else "default"].items():
+        if getattr(args, name, None) is None:  # an explicit size wins
+            setattr(args, name, value)
     if args.quick:
         args.episodes, args.pairs, args.scenes, args.photo_pairs = 3, 3, 2, 2
         args.pck_photos = 1
