@@ -242,8 +242,8 @@ def checked_pass(
         warn_if_train_mode(model)
     if zero_map is not None:
         warn_if(zero_map.any(), _ZERO_MAP.format(member=member))
-    wide = torch.float64 in {a.dtype for a in activations[:2]}
-    return [a.to(torch.float64 if wide else torch.float32) for a in activations]
+    dtype = compute_dtype(*activations[:2])
+    return [a.to(dtype) for a in activations]
 
 
 UNPROTECTED = (

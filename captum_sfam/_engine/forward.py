@@ -277,15 +277,11 @@ class ForwardPairAttribution(PairAttribution):
             contrast_acts = features.contrast[cut].unsqueeze(1)
             contrast_shots = features.contrast_vectors[cut].unsqueeze(1)  # type: ignore[index]
         query = features.query[rows].unsqueeze(1)
-        weights = self.weight_rule(
-            PooledPair(
-                features.query_vectors[rows].unsqueeze(1),
-                features.shot_vectors.unsqueeze(0),
-                query.shape[-2] * query.shape[-1],
-                features.support.shape[-2] * features.support.shape[-1],
-                contrast_shots,
-            ),
-            **self.rule_options,
+        weights = self._rule(
+            features,
+            features.query_vectors[rows].unsqueeze(1),
+            features.shot_vectors.unsqueeze(0),
+            contrast_shots,
         )
         query_maps, gallery_maps = self._maps(
             query, features.support.unsqueeze(0), *weights, with_gallery, contrast_acts
@@ -301,12 +297,28 @@ class ForwardPairAttribution(PairAttribution):
         """The weight rule on the pooled features: (B or 1, N), (G, K or 1, N)."""
         assert features.query_vectors is not None
         assert features.shot_vectors is not None
-        pair = PooledPair(
+        return self._rule(
+            features,
             features.query_vectors,
             features.shot_vectors,
+            features.contrast_vectors,
+        )
+
+    def _rule(
+        self,
+        features: Features,
+        query_vectors: Tensor,
+        shot_vectors: Tensor,
+        contrast_shots: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor]:
+        """The member's ``weight_rule`` on pooled vectors (any leading dims),
+        with the positions of the features' grids."""
+        pair = PooledPair(
+            query_vectors,
+            shot_vectors,
             features.query.shape[-2] * features.query.shape[-1],
             features.support.shape[-2] * features.support.shape[-1],
-            features.contrast_vectors,
+            contrast_shots,
         )
         return self.weight_rule(pair, **self.rule_options)
 
