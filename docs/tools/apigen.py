@@ -93,38 +93,38 @@ def directive(module, name: str) -> list[str]:
     return [f".. autodata:: {full}", "   :no-value:"]
 
 
-def area_page(area: str, title: str, summary: str, where: dict[int, str]) -> str:
-    module = importlib.import_module(area)
-    names = public_names(module)
-    heading = f"``{area}``: {summary}"
-    lines = [
+def _head(heading: str, module: str) -> list[str]:
+    """The opening lines of a generated page: notice, title, automodule."""
+    return [
         ".. This page is written by docs/tools/apigen.py; edit that, not this.",
         "",
         heading,
         "=" * len(heading),
         "",
-        f".. automodule:: {area}",
+        f".. automodule:: {module}",
         "   :no-members:",
         "",
-        ".. autosummary::",
-        "",
     ]
+
+
+def area_page(area: str, title: str, summary: str, where: dict[int, str]) -> str:
+    module = importlib.import_module(area)
+    names = public_names(module)
+    home = {n: where[id(getattr(module, n))] for n in names}  # documented at
+    lines = _head(f"``{area}``: {summary}", area) + [".. autosummary::", ""]
     for n in names:
-        full = where[id(getattr(module, n))]
-        lines.append(f"   {n}" if full == f"{area}.{n}" else f"   ~{full}")
+        lines.append(f"   {n}" if home[n] == f"{area}.{n}" else f"   ~{home[n]}")
     lines.append("")
-    elsewhere = [n for n in names if where[id(getattr(module, n))] != f"{area}.{n}"]
+    elsewhere = [n for n in names if home[n] != f"{area}.{n}"]
     if elsewhere:
         lines += [
             "Also exported here, documented where they are defined: "
-            + ", ".join(
-                f":py:obj:`{n} <{where[id(getattr(module, n))]}>`" for n in elsewhere
-            )
+            + ", ".join(f":py:obj:`{n} <{home[n]}>`" for n in elsewhere)
             + ".",
             "",
         ]
     for n in names:
-        if where[id(getattr(module, n))] == f"{area}.{n}":
+        if home[n] == f"{area}.{n}":
             lines += directive(module, n) + [""]
     return "\n".join(lines)
 
@@ -132,16 +132,7 @@ def area_page(area: str, title: str, summary: str, where: dict[int, str]) -> str
 def top_page(where: dict[int, str]) -> str:
     import captum_sfam
 
-    heading = "``captum_sfam``: the names at the top"
-    lines = [
-        ".. This page is written by docs/tools/apigen.py; edit that, not this.",
-        "",
-        heading,
-        "=" * len(heading),
-        "",
-        ".. automodule:: captum_sfam",
-        "   :no-members:",
-        "",
+    lines = _head("``captum_sfam``: the names at the top", "captum_sfam") + [
         "Every name in ``captum_sfam.__all__``, with the page that documents it.",
         "",
         ".. list-table::",
