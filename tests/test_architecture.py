@@ -17,7 +17,7 @@ PACKAGE = Path(captum_sfam.__file__).resolve().parent
 #: top-level floors, bottom (0) to top; docs/architecture.md
 FLOORS = {
     "_optional": 0, "_engine": 0, "functional": 0, "methods": 0,
-    "similarity": 0, "transforms": 0, "images": 1, "metrics": 2,
+    "similarity": 0, "transforms": 0, "images": 1, "image_text": 1, "metrics": 2,
     "visualization": 2, "retrieval": 3, "demo": 3, "app": 4,
 }  # fmt: skip
 #: the engine's own floors, bottom to top
