@@ -264,12 +264,14 @@ def test_all_pairs_equal_one_pair_at_a_time(member, metric, shots, pooling, item
 
 
 @by_key(GRADIENT)
-def test_gradient_members_have_no_all_pairs_form_and_say_so(member):
-    """Capabilities by type: a gradient member has no ``attribute_pairs`` (a
-    backward pass per pair), and the registry says so."""
+def test_gradient_members_take_all_pairs_against_embeddings_only(member):
+    """Capabilities by type: a gradient member's ``attribute_pairs`` takes
+    reference embeddings (tests/test_image_text_engine.py), not a gallery of
+    images (a backward pass per pair), and the registry says so."""
     model = TinyCNN().eval()
     method = member.cls(model, model.features, metric="cosine")
-    assert not hasattr(method, "attribute_pairs")
+    with pytest.raises((TypeError, ValueError), match="references"):
+        method.attribute_pairs(images(1, 3, 8, 8), images(2, 3, 8, 8))
     assert not member.forward_only
     assert isinstance(method, GradientPairAttribution)
 

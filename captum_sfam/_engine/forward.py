@@ -27,6 +27,7 @@ from .checks import (
     weighted_sum,
 )
 from .pairs import Features, Pairs, TargetType, TensorOrTuple, pair_arguments
+from .references import refuse_references
 
 #: weights built at once by ``attribute_pairs`` (queries x items x shots x N)
 MAX_CHUNK_ELEMENTS = 1 << 21
@@ -55,7 +56,7 @@ class ForwardPairAttribution(PairAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        support: TensorOrTuple,
+        support: Optional[TensorOrTuple] = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
@@ -63,6 +64,7 @@ class ForwardPairAttribution(PairAttribution):
         contrast: Optional[TensorOrTuple] = None,
         target: Optional[TargetType] = None,
         support_labels: Optional[TargetType] = None,
+        references: Optional[Tensor] = None,
     ) -> Maps:
         r"""
         Args:
@@ -134,6 +136,10 @@ class ForwardPairAttribution(PairAttribution):
                         the method cannot explain (see the class docstring).
             TypeError: non-floating inputs or support.
 
+        ``references=`` (embeddings) is refused with a ``ValueError`` naming
+        the gradient members: a forward-only member compares the two sides at
+        the layer.
+
         Examples::
 
             >>> net = torchvision.models.resnet50().eval()
@@ -144,6 +150,8 @@ class ForwardPairAttribution(PairAttribution):
             >>> q_maps, s_maps = sfam.attribute(
             ...     queries, support, return_support_attributions=True)
         """
+        if references is not None:
+            raise refuse_references(type(self).__name__)
         if contrast is not None and self.contrast_refusal is not None:
             raise ValueError(self.contrast_refusal)
         pairs = pair_arguments(
@@ -169,7 +177,7 @@ class ForwardPairAttribution(PairAttribution):
     def attribute_pairs(
         self,
         inputs: TensorOrTuple,
-        gallery: TensorOrTuple,
+        gallery: Optional[TensorOrTuple] = None,
         additional_forward_args: Optional[object] = None,
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
@@ -178,6 +186,7 @@ class ForwardPairAttribution(PairAttribution):
         forward_batch_size: Optional[int] = None,
         contrast: Optional[TensorOrTuple] = None,
         gallery_labels: Optional[TargetType] = None,
+        references: Optional[Tensor] = None,
     ) -> Maps:
         r"""Maps for every (query, gallery item) pair, from Q + M·K forwards.
 
@@ -230,6 +239,8 @@ class ForwardPairAttribution(PairAttribution):
         """
         check_positive_int(chunk_size, "chunk_size")
         check_positive_int(forward_batch_size, "forward_batch_size")
+        if references is not None:
+            raise refuse_references(type(self).__name__)
         if contrast is not None and self.contrast_refusal is not None:
             raise ValueError(self.contrast_refusal)
         pairs = pair_arguments(

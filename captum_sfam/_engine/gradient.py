@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple, Union
 
+import torch
 from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
@@ -18,10 +19,28 @@ from torch.nn import Module
 
 from ..functional.similarity import MetricFunc
 from .base import PairAttribution
-from .checks import PoolingType, finalize_maps, public_call, weighted_sum
+from .captum_compat import format_additional_forward_args
+from .checks import (
+    PoolingType,
+    check_finite,
+    check_positive_int,
+    checked_pass,
+    finalize_maps,
+    public_call,
+    weighted_sum,
+)
+from .graph import as_grid, batched_gradients, query_graph
 from .layer import ReshapeTransform
 from .model import EmbeddingFunc, check_embedding_func, warn_if_classifier
-from .pairs import Features, Pairs, TargetType, TensorOrTuple, pair_arguments
+from .pairs import (
+    Features,
+    Pairs,
+    TargetType,
+    TensorOrTuple,
+    format_inputs,
+    pair_arguments,
+)
+from .references import ReferencePairs, check_width, reference_arguments
 
 Maps = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -98,14 +117,15 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        support: TensorOrTuple,
+        support: Optional[TensorOrTuple] = None,
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
         return_support_attributions: bool = False,
-        contrast: Optional[TensorOrTuple] = None,
+        contrast: Optional[Any] = None,
         target: Optional[TargetType] = None,
         support_labels: Optional[TargetType] = None,
+        references: Optional[Tensor] = None,
     ) -> Maps:
         r"""Maps of each query against its support, from the layer gradients
         of the member's pair score (against ``contrast``: of the score of
@@ -114,10 +134,45 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
         Args and Returns: as
         :meth:`~captum_sfam.methods.ForwardPairAttribution.attribute`. The
         support runs once per query (its gradients depend on the query), with
-        autograd, in one forward and one backward pass per call.
+        autograd, in one forward and one backward pass per call. Besides:
+
+        Args:
+            references (Tensor, optional): the other side as embeddings
+                        (R, D), from any tower or source (text embeddings of a
+                        CLIP model, stored gallery vectors), in place of
+                        ``support`` (not both). ``target`` picks each query's
+                        reference (an int, a list or a (B,) tensor; may be
+                        omitted when R is 1 or B); ``contrast`` is then
+                        another reference's index (int, list, (B,) tensor) or
+                        an embedding (D,), (1, D) or (B, D): the score is
+                        :math:`s(f(Q), r) - s(f(Q), r')`. Only the queries
+                        run (one forward, one backward pass); the query
+                        maps equal those against support images whose
+                        (mean) embedding is the reference.
+                        Default: None
         """
         if contrast is not None and self.contrast_refusal is not None:
             raise ValueError(self.contrast_refusal)
+        if references is not None:
+            if support is not None or support_labels is not None:
+                raise ValueError(
+                    "support and references are exclusive: pass support= "
+                    "(images) or references= (embeddings), not both"
+                )
+            if return_support_attributions:
+                raise ValueError(
+                    "return_support_attributions: references are embeddings "
+                    "and have no map; pass support images for support maps"
+                )
+            return self._reference_maps(
+                inputs, references, target, contrast, additional_forward_args,
+                attribute_to_layer_input, relu_attributions,
+            )  # fmt: skip
+        if support is None:
+            raise TypeError(
+                "attribute needs the other side: support= (images) or "
+                "references= (embeddings (R, D))"
+            )
         pairs = pair_arguments(
             inputs, support, additional_forward_args, attribute_to_layer_input,
             contrast, target, support_labels, per_query=True,
@@ -176,3 +231,129 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
             return score
         against = contrast.reshape(batch, -1, query.shape[1])
         return score - self.pair_score(query, against, **options)
+
+    # ------------------------------------------------ the other side as embeddings --
+    @log_usage(part_of_slo=True)
+    @public_call
+    def attribute_pairs(
+        self,
+        inputs: TensorOrTuple,
+        references: Tensor,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        contrast: Optional[Any] = None,
+        chunk_size: Optional[int] = None,
+    ) -> Tensor:
+        r"""Maps of every (query, reference) pair: Q images against R
+        reference embeddings (the T texts of a CLIP model, a gallery's
+        vectors), batched.
+
+        One forward pass of the Q queries; the gradients of the R scores in
+        one batched backward pass per ``chunk_size`` references
+        (``torch.autograd.grad(..., is_grads_batched=True)``; one pass per
+        reference for a model ``vmap`` cannot batch), never Q x R passes.
+        ``result[i, j]`` equals ``attribute(inputs[i:i+1], references=
+        references, target=j)`` (tested); the model must be batch-independent
+        (eval mode) for that.
+
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Q query images.
+            references (Tensor): (R, D) embeddings (or (D,) for one).
+            additional_forward_args, attribute_to_layer_input,
+            relu_attributions: as in ``attribute``.
+            contrast (optional): an index into ``references`` or an
+                        embedding (D,) / (1, D) for all pairs, or one per
+                        query ((Q,) indices, (Q, D) embeddings): the score
+                        of pair (i, j) is :math:`s(f(Q_i), r_j) - s(f(Q_i),
+                        r'_i)`.
+                        Default: None
+            chunk_size (int, optional): references whose gradients are taken
+                        in one backward pass (memory grows with it).
+                        Default: None (all R at once)
+
+        Returns:
+            *Tensor* of maps (Q, R, 1, h, w) at the layer's resolution.
+        """
+        check_positive_int(chunk_size, "chunk_size")
+        if contrast is not None and self.contrast_refusal is not None:
+            raise ValueError(self.contrast_refusal)
+        queries = format_inputs(inputs)
+        check_finite(*queries, names=["inputs"] * len(queries))
+        refs = reference_arguments(references, len(queries[0]), None, contrast, True)
+        args = format_additional_forward_args(additional_forward_args)
+        with query_graph(
+            [self._layer], queries, args, attribute_to_layer_input,
+            self.embedding_func,
+        ) as (captured, emb):  # fmt: skip
+            self._check_embeddings(emb, refs)
+            batch, count = emb.shape[0], refs.references.shape[0]
+            pairs_emb = emb.unsqueeze(1).expand(batch, count, -1).flatten(0, 1)
+            against = refs.references.to(emb.dtype).repeat(batch, 1)
+            scores = self._reference_score(pairs_emb, against, None)
+            if refs.contrast is not None:
+                scores = scores.reshape(batch, count) - self._reference_score(
+                    emb, refs.contrast.to(emb.dtype).expand(batch, -1), None
+                ).unsqueeze(1)
+            scores = scores.reshape(batch, count)
+            acts = as_grid(self._layer, captured[0], queries, False)
+            acts = checked_pass(self._layer.model, [acts], [acts], ["inputs"])[0]
+            maps = acts.new_empty(batch, count, *acts.shape[-2:])
+            for cols, (grads,) in batched_gradients(scores, captured, chunk_size):
+                grid = as_grid(self._layer, grads, queries, True)
+                weights = grid.to(acts.dtype).mean((-2, -1))  # (r, Q, N)
+                maps[:, cols] = weighted_sum(weights, acts.unsqueeze(0)).transpose(0, 1)
+        return finalize_maps(maps, relu_attributions, acts.dtype).unsqueeze(2)
+
+    def _check_embeddings(self, emb: Tensor, refs: ReferencePairs) -> None:
+        check_width(emb, refs.references, "references")
+        if refs.contrast is not None:
+            check_width(emb, refs.contrast, "contrast")
+
+    def _reference_score(
+        self, emb: Tensor, reference: Tensor, contrast: Optional[Tensor]
+    ) -> Tensor:
+        """(P,) pair scores of embeddings (P, D) against references (P, D),
+        minus those against ``contrast`` (P or 1, D) when given."""
+        score = self.pair_score(emb, reference.unsqueeze(1), **self.rule_options)
+        if contrast is None:
+            return score
+        against = contrast.to(emb.dtype).expand(emb.shape[0], -1).unsqueeze(1)
+        return score - self.pair_score(emb, against, **self.rule_options)
+
+    def _reference_maps(
+        self,
+        inputs: TensorOrTuple,
+        references: Tensor,
+        target: Any,
+        contrast: Any,
+        additional_forward_args: Any,
+        to_input: bool,
+        relu: bool,
+    ) -> Tensor:
+        """(B, 1, h, w) maps of each query against its reference embedding:
+        one forward and one backward pass of the queries."""
+        queries = format_inputs(inputs)
+        check_finite(*queries, names=["inputs"] * len(queries))
+        batch = len(queries[0])
+        refs = reference_arguments(references, batch, target, contrast)
+        args = format_additional_forward_args(additional_forward_args)
+        with query_graph(
+            [self._layer], queries, args, to_input, self.embedding_func
+        ) as (captured, emb):
+            self._check_embeddings(emb, refs)
+            chosen = refs.chosen(batch).to(emb.dtype)
+            score = self._reference_score(emb, chosen, refs.contrast).sum()
+            grad, emb_grad = torch.autograd.grad(
+                score, [captured[0], emb], allow_unused=True
+            )
+        grad = torch.zeros_like(captured[0]) if grad is None else grad
+        acts = as_grid(self._layer, captured[0], queries, False)
+        grads = as_grid(self._layer, grad, queries, False)
+        moves = emb_grad is not None and (emb_grad != 0).any(1)
+        zero = (grads.flatten(1) == 0).all(1) & moves
+        acts = checked_pass(
+            self._layer.model, [acts], [acts], ["inputs"], zero, type(self).__name__
+        )[0]
+        maps = weighted_sum(grads.to(acts.dtype).mean((-2, -1)), acts)
+        return finalize_maps(maps, relu, acts.dtype).unsqueeze(1)
