@@ -187,11 +187,19 @@ def prefix_tokens(model: Optional[Module]) -> Optional[int]:
     count = getattr(model, "num_prefix_tokens", None)  # timm
     if isinstance(count, int):
         return count
+    visual = getattr(model, "visual", None)  # open_clip CLIP: its image tower
+    tower = visual if isinstance(visual, Module) else model
+    if isinstance(getattr(tower, "class_embedding", None), Tensor):
+        return 1  # open_clip's VisionTransformer: one class token
     config = getattr(model, "config", None)  # Hugging Face
     kind = getattr(config, "model_type", None)
     if isinstance(kind, str):
-        if kind in ("swin", "swinv2", "convnext", "convnextv2"):
-            return 0
+        if kind in ("swin", "swinv2", "convnext", "convnextv2") or kind.startswith(
+            "siglip"
+        ):
+            return 0  # SigLIP pools with an attention head: no prefix token
+        if kind in ("clip", "clip_vision_model", "clip_vision"):
+            return 1
         extra = getattr(config, "num_register_tokens", 0) or 0
         distilled = 1 if kind == "deit" else 0
         if hasattr(model, "embeddings") or kind in ("vit", "dinov2", "deit"):
@@ -205,9 +213,14 @@ def patch_size(model: Optional[Module]) -> Optional[Tuple[int, int]]:
     """The model's patch size, from timm's patch_embed or the HF config."""
     if model is None:
         return None
+    visual = getattr(model, "visual", None)  # open_clip CLIP
+    if isinstance(visual, Module) and getattr(visual, "patch_size", None):
+        model = visual
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config  # HF CLIP/SigLIP
     if size is None:
-        size = getattr(getattr(model, "config", None), "patch_size", None)
+        size = getattr(config, "patch_size", None)
     if size is None:
         size = getattr(model, "patch_size", None)  # torchvision
     if isinstance(size, int):

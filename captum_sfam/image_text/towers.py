@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .._engine.model import patch_size, prefix_tokens
+from .modules import ModelScore, Tower
+from .tokenizers import codec
 
 __all__ = ["TwoTower", "two_tower"]
 
@@ -31,7 +35,8 @@ class TwoTower:
         token_embedding: the module whose output is the (T, L, W) token
             embeddings (for Captum's ``LayerIntegratedGradients``).
         encode: one text -> its token ids, start and end tokens included,
-            not truncated, not padded.
+            not truncated, not padded (``None``: no tokenizer was given;
+            ``tokenize`` raises).
         decode: one token id -> its string.
         context_length: the text tower's context L (ids are padded to it).
         pad_token_id: the id padding a text to ``context_length``.
@@ -43,7 +48,12 @@ class TwoTower:
         logit_bias: SigLIP's bias :math:`b` (``None``: none).
         blocks: the image tower's transformer blocks (or ResNet stages).
         default_layer: the layer a map is read at by default (the last
-            block / stage when ``None``).
+            block / stage when ``None``; the adapters give the last block's
+            first norm for towers that pool the class token, whose last
+            block's patch tokens do not reach the embedding).
+        map_layers: the layers :class:`~captum_sfam.image_text.
+            LayerMultiBlockGrad` aggregates by default (``blocks`` when
+            ``None``; the blocks' first norms for class-token towers).
         keep_last_on_truncation: a truncated text keeps its last id (the
             end token the tower pools at) in the last position.
         name: a label for messages.
@@ -55,7 +65,7 @@ class TwoTower:
         text_model: nn.Module,
         token_embedding: nn.Module,
         *,
-        encode: Callable[[str], List[int]],
+        encode: Optional[Callable[[str], List[int]]],
         decode: Callable[[int], str],
         context_length: int,
         pad_token_id: int,
@@ -65,6 +75,7 @@ class TwoTower:
         logit_bias: Optional[float] = None,
         blocks: Sequence[nn.Module] = (),
         default_layer: Optional[nn.Module] = None,
+        map_layers: Optional[Sequence[nn.Module]] = None,
         keep_last_on_truncation: bool = True,
         name: str = "two-tower model",
     ) -> None:
@@ -85,6 +96,9 @@ class TwoTower:
         if default_layer is None and self.blocks:
             default_layer = self.blocks[-1]
         self.default_layer = default_layer
+        self.map_layers: List[nn.Module] = list(
+            self.blocks if map_layers is None else map_layers
+        )
         self.keep_last_on_truncation = keep_last_on_truncation
         self.name = name
 
@@ -110,6 +124,12 @@ class TwoTower:
             texts = [texts]
         if len(texts) == 0:
             raise ValueError("texts is empty: pass at least one text")
+        if self._encode is None:
+            raise ValueError(
+                f"tokenizer: {self.name} was read without one; pass "
+                "two_tower(model, tokenizer=...) (open_clip.get_tokenizer(name) "
+                "or AutoTokenizer.from_pretrained(name))"
+            )
         rows = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -224,22 +244,6 @@ class TwoTower:
         return ModelScore(self.logit_scale, self.logit_bias)
 
 
-class ModelScore:
-    r"""Row-wise score :math:`t \cos(a_p, b_p) + b` of two (..., D) batches."""
-
-    def __init__(self, logit_scale: float, logit_bias: Optional[float]) -> None:
-        self.logit_scale, self.logit_bias = logit_scale, logit_bias
-
-    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
-        cos = nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
-        s = self.logit_scale * cos
-        return s if self.logit_bias is None else s + self.logit_bias
-
-    def __repr__(self) -> str:
-        bias = "" if self.logit_bias is None else f" + {self.logit_bias:.4g}"
-        return f"ModelScore({self.logit_scale:.4g} * cos{bias})"
-
-
 def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
     if image_emb.shape[-1] != text_emb.shape[-1]:
         raise ValueError(
@@ -253,10 +257,35 @@ def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
         )
 
 
-def two_tower(model, tokenizer=None) -> TwoTower:
-    """Read ``model`` into a :class:`TwoTower` (adapters below)."""
+def two_tower(model: Any, tokenizer: Any = None) -> TwoTower:
+    r"""Read a two-tower image–text model into a :class:`TwoTower`.
+
+    Args:
+        model: open_clip ``CLIP`` / ``CustomTextCLIP`` (ViT or ModifiedResNet
+            image tower), a Hugging Face ``CLIPModel`` or ``SiglipModel``
+            (transformers 4 or 5), or a :class:`TwoTower` (returned as is).
+        tokenizer: open_clip's (``open_clip.get_tokenizer(name)``; default
+            for open_clip: the OpenAI CLIP BPE tokenizer, offline) or a
+            Hugging Face tokenizer (no default: ``AutoTokenizer.
+            from_pretrained(name)``; without one ``tokenize`` raises). Its
+            vocabulary must fit the model's (``ValueError`` otherwise).
+
+    Returns:
+        *TwoTower*: the image tower is the model's own module (open_clip's
+        ``model.visual``) or a thin wrapper calling ``get_image_features``;
+        the class token (open_clip ViT, HF CLIP: one; SigLIP: none) and the
+        patch grid are read from the model by every member.
+    """
     if isinstance(model, TwoTower):
         return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "encode_image") and isinstance(
+        getattr(model, "visual", None), nn.Module
+    ):
+        return _open_clip(model, tokenizer)
+    if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
+        return _hugging_face(model, tokenizer)
     raise TypeError(
         f"model is a {type(model).__name__}: two_tower reads open_clip CLIP, "
         "Hugging Face CLIPModel / SiglipModel or a TwoTower; build a TwoTower "
@@ -264,4 +293,87 @@ def two_tower(model, tokenizer=None) -> TwoTower:
     )
 
 
-_ = math  # used by the adapters
+def _codec_fields(tokenizer: Any, vocab: Optional[int], name: str) -> Dict[str, Any]:
+    if tokenizer is None:
+        return dict(encode=None, decode=str, pad_token_id=0, special_token_ids=())
+    text = codec(tokenizer)
+    if vocab is not None and text.vocab_size is not None and text.vocab_size > vocab:
+        raise ValueError(
+            f"tokenizer has {text.vocab_size} tokens but the text tower of {name} "
+            f"embeds {vocab}: the tokenizer does not match the model; pass the "
+            "model's own tokenizer"
+        )
+    return dict(
+        encode=text.encode, decode=text.decode, pad_token_id=text.pad_token_id,
+        special_token_ids=text.special_token_ids,
+        keep_last_on_truncation=text.keep_last_on_truncation,
+    )  # fmt: skip
+
+
+def _scalar(value: Any, exp: bool) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(torch.as_tensor(value).detach().float().reshape(-1)[0])
+    return math.exp(value) if exp else value
+
+
+def _open_clip(model: nn.Module, tokenizer: Any) -> TwoTower:
+    if tokenizer is None:
+        import open_clip  # the OpenAI CLIP BPE tokenizer ships with open_clip
+
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    visual = model.visual
+    resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if resblocks is not None:  # ViT: a class token unless the tower pools
+        blocks = list(resblocks)
+        token = (
+            getattr(visual, "attn_pool", None) is None
+            and getattr(visual, "pool_type", "tok") == "tok"
+        )
+        norms = [getattr(b, "ln_1", b) for b in blocks]
+    else:  # ModifiedResNet: its four stages
+        blocks = [getattr(visual, f"layer{i}") for i in range(1, 5)]
+        token, norms = False, blocks
+    text = getattr(model, "text", None)  # CustomTextCLIP
+    embedding = getattr(model, "token_embedding", None) or getattr(
+        text, "token_embedding", None
+    )
+    if not isinstance(embedding, nn.Module):
+        raise TypeError("model: open_clip text tower without a token_embedding")
+    context = int(getattr(model, "context_length", None) or text.context_length)
+    vocab = getattr(model, "vocab_size", None) or getattr(text, "vocab_size", None)
+    return TwoTower(
+        visual, Tower(model, lambda m, ids: m.encode_text(ids)), embedding,
+        context_length=context, vocab_size=vocab,
+        logit_scale=_scalar(model.logit_scale, True),
+        logit_bias=_scalar(getattr(model, "logit_bias", None), False),
+        blocks=blocks, default_layer=norms[-1] if token else blocks[-1],
+        map_layers=norms if token else blocks,
+        name=f"open_clip {type(model).__name__}",
+        **_codec_fields(tokenizer, vocab, "the model"),
+    )  # fmt: skip
+
+
+def _hugging_face(model: nn.Module, tokenizer: Any) -> TwoTower:
+    config = model.config
+    kind = str(getattr(config, "model_type", ""))
+    text_config, vision = config.text_config, model.vision_model
+    blocks = list(vision.encoder.layers)
+    token = not kind.startswith("siglip")  # SigLIP pools with a head
+    norms = [getattr(b, "layer_norm1", b) for b in blocks]
+    image = Tower(
+        model, lambda m, x: m.get_image_features(pixel_values=x),
+        num_prefix_tokens=prefix_tokens(model), patch_size=patch_size(model),
+    )  # fmt: skip
+    vocab = int(text_config.vocab_size)
+    return TwoTower(
+        image, Tower(model, lambda m, ids: m.get_text_features(input_ids=ids)),
+        model.text_model.embeddings.token_embedding,
+        context_length=int(text_config.max_position_embeddings), vocab_size=vocab,
+        logit_scale=_scalar(model.logit_scale, True),
+        logit_bias=_scalar(getattr(model, "logit_bias", None), False),
+        blocks=blocks, default_layer=norms[-1] if token else blocks[-1],
+        map_layers=norms if token else blocks,
+        name=f"Hugging Face {type(model).__name__}",
+        **_codec_fields(tokenizer, vocab, "the model"),
+    )  # fmt: skip
