@@ -2,12 +2,16 @@ r"""``captum-sfam retrieve``: explain a whole retrieval run over folders of imag
 
 captum-sfam retrieve QUERIES GALLERY --top-k K --out DIR [--batch-size B]
                      [--contrast] [--report-limit N] [--no-report] [--restart]
+                     [--neighbours FILE | --search exact|faiss] [--strict]
                      [--model ...] [--weights ...] [--layer ...] [--method ...]
                      [--metric ...] [--size ...]
 
 Both folders are searched recursively. When every image sits in a subfolder
 of its root, the subfolder's name is its label and the run reports Recall@1,
-Recall@5 and mAP@k. Several processes, one machine:
+Recall@5 and mAP@k. ``--neighbours FILE`` explains your system's ranked
+lists (JSON lines or CSV, see :mod:`captum_sfam.retrieval.neighbours`)
+instead of searching; unreadable images are left out and listed (``--strict``
+refuses them before any embedding). Several processes, one machine:
 ``torchrun --nproc-per-node=N "$(command -v captum-sfam)" retrieve ...``.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -35,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("queries", help="folder of query images (recursive)")
     parser.add_argument("gallery", help="folder of gallery images (recursive)")
     parser.add_argument(
-        "--top-k", type=positive_int, default=5, help="neighbours explained per query"
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="neighbours explained per query (default: 5, or the length of the "
+        "lists of --neighbours)",
     )
     parser.add_argument("--out", default="retrieval", help="output folder")
     parser.add_argument(
@@ -63,6 +72,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--restart",
         action="store_true",
         help="delete an earlier run in --out instead of resuming it",
+    )
+    parser.add_argument(
+        "--neighbours",
+        metavar="FILE",
+        help="your system's neighbours, explained in its order instead of a "
+        'search: JSON lines {"query": id, "neighbours": [ids], "scores": [...]} '
+        "or CSV query,neighbour,rank[,score]; ids are file paths (or their "
+        "ends, e.g. cat/1.jpg)",
+    )
+    parser.add_argument(
+        "--search",
+        choices=["exact", "faiss"],
+        default="exact",
+        help="exact (default) or faiss: an HNSW index (the audit extra) for "
+        "galleries past exact search; its recall@k against exact search on the "
+        "first 256 queries is printed",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unreadable images (an error before any embedding) instead "
+        "of leaving them out and listing them",
     )
     parser.add_argument(
         "--device", help="cpu or cuda (default: cuda when available, per rank)"
@@ -115,22 +146,46 @@ def run(args: argparse.Namespace) -> int:
                 device=device,
                 resume=not args.restart,
                 progress=not args.no_progress,
+                neighbours=args.neighbours,
+                search=args.search,
+                strict=args.strict,
             )
         except ValueError as error:
             raise CLIError(str(error)) from error
         if context.is_main:
-            out = Path(args.out)
-            print(
-                f"{len(queries)} queries x top {args.top_k} of {len(gallery)} "
-                f"gallery images ({args.method}, {args.metric}, "
-                f"{context.world_size} process(es)): {result.seconds:.1f} s"
-            )
-            if result.metrics:
-                print("metrics: " + json.dumps(result.metrics))
-            print(f"wrote {out / 'results.jsonl'}, maps in {out / 'maps'}")
-            if result.report is not None:
-                print(f"report: {result.report}")
+            _print_result(args, result, context.world_size)
         return 0
     finally:
         if context.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _print_result(args: argparse.Namespace, result, world_size: int) -> None:
+    """What a finished run says on rank 0."""
+    out = Path(args.out)
+    summary = json.loads((out / "summary.json").read_text())
+    print(
+        f"{result.num_queries} queries x top {result.k} of {result.num_gallery} "
+        f"gallery images ({args.method}, {args.metric}, {world_size} "
+        f"process(es), neighbours: {summary.get('neighbours', 'exact')}): "
+        f"{result.seconds:.1f} s"
+    )
+    if result.metrics:
+        print("metrics: " + json.dumps(result.metrics))
+    check = summary.get("search_recall")
+    if check:
+        print(
+            f"faiss recall@{check['k']} against exact search: "
+            f"{check['recall_at_k_vs_exact']:.4f} ({check['queries_checked']} "
+            "queries checked)"
+        )
+    print(f"wrote {out / 'results.jsonl'}, maps in {out / 'maps'}")
+    if result.report is not None:
+        print(f"report: {result.report}")
+    if result.skipped:
+        print(
+            f"warning: {len(result.skipped)} unreadable image file(s) left out, "
+            f"listed in {out / 'summary.json'} (skipped_images); first: "
+            f"{result.skipped[0]['id']}",
+            file=sys.stderr,
+        )

@@ -5,18 +5,24 @@ tensor, a map-style ``torch.utils.data.Dataset`` or a ``DataLoader``: batches
 of chosen indices (so that ranks read disjoint batches and a batch's content
 does not depend on the number of processes), random access to a few items
 (the neighbours a batch explains), and the items' names and labels.
-:class:`ImageFiles` is the dataset of a folder of image files.
+:class:`ImageFiles` is the dataset of a folder of image files;
+:func:`image_problem` checks one file cheaply (its header, a PNG's chunks, a
+JPEG's end marker) so that a run can skip, or refuse, unreadable files before
+any embedding. Reading is timed as "read" on the run's clock (:mod:`.timing`).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
+
+from .timing import section
 
 SourceType = Union[Tensor, Dataset, DataLoader]
 
@@ -115,6 +121,8 @@ class ImageSource:
             raise ValueError(f"{name} is empty")
         self.batch_size = int(batch_size or loader_batch or 32)
         self.num_workers = loader_workers if num_workers is None else num_workers
+        #: pinned batches from the loader's workers (set for CUDA runs)
+        self.pin_memory = False
         if ids is None:
             ids = getattr(data, "paths", None)
         if labels is None:
@@ -140,28 +148,74 @@ class ImageSource:
         start = batch * self.batch_size
         return list(range(start, min(start + self.batch_size, self.length)))
 
+    def drop_unreadable(self) -> List[Dict[str, Any]]:
+        r"""Leave out the items the dataset reports unreadable.
+
+        Only datasets with an ``unreadable()`` method (:class:`ImageFiles`)
+        are checked; the others are kept whole. The ids and labels are
+        filtered with the items; indices then count the kept items.
+
+        Returns:
+            *list[dict]*: one ``{"source", "index", "id", "reason"}`` per item
+            left out (``index`` in the source as given), in index order.
+
+        Raises:
+            ValueError: every item is unreadable.
+        """
+        check = getattr(self.dataset, "unreadable", None)
+        if self.dataset is None or check is None:
+            return []
+        with section("scan"):
+            bad = dict(check())
+        if not bad:
+            return []
+        skipped = [
+            {"source": self.name, "index": i, "id": self.item_id(i), "reason": why}
+            for i, why in sorted(bad.items())
+        ]
+        keep = [i for i in range(self.length) if i not in bad]
+        if not keep:
+            raise ValueError(
+                f"{self.name}: none of the {self.length} images is readable"
+            )
+        self.dataset = self.dataset.subset(keep)  # type: ignore[attr-defined]
+        self.length = len(keep)
+        if self.ids is not None:
+            self.ids = [self.ids[i] for i in keep]
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep]
+        return skipped
+
     def take(self, indices: Sequence[int]) -> Tensor:
         """The images of ``indices``, stacked (len(indices), C, H, W)."""
-        if self.tensor is not None:
-            return self.tensor[torch.as_tensor(list(indices), dtype=torch.long)]
-        assert self.dataset is not None
-        batch = self.collate_fn([self.dataset[i] for i in indices])
-        return _image_of(batch, self.name)
+        with section("read"):
+            if self.tensor is not None:
+                return self.tensor[torch.as_tensor(list(indices), dtype=torch.long)]
+            assert self.dataset is not None
+            batch = self.collate_fn([self.dataset[i] for i in indices])
+            return _image_of(batch, self.name)
 
     def batches(self, numbers: Sequence[int]) -> Iterator[tuple[int, Tensor]]:
         """``(batch number, images)`` for each batch number, in order; datasets
-        are read by a DataLoader with ``num_workers`` workers."""
+        are read by a DataLoader with ``num_workers`` workers (the time spent
+        waiting for them counts as "read")."""
         if self.tensor is not None or self.num_workers == 0:
             for number in numbers:
                 yield number, self.take(self.batch_indices(number))
+            return
+        if not numbers:
             return
         loader = DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_sampler=[self.batch_indices(n) for n in numbers],
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
         )
-        for number, batch in zip(numbers, loader):
+        batches = iter(loader)
+        for number in numbers:
+            with section("read"):
+                batch = next(batches)
             yield number, _image_of(batch, self.name)
 
     def item_id(self, index: int) -> Union[int, str]:
@@ -169,6 +223,57 @@ class ImageSource:
 
     def item_label(self, index: int) -> Any:
         return None if self.labels is None else self.labels[index]
+
+
+#: bytes a JPEG's end-of-image marker may sit before the end of the file
+_JPEG_TAIL = 64
+
+
+def _decodes(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to decode is the answer
+        return False
+
+
+def image_problem(path: Union[str, Path]) -> Optional[str]:
+    r"""Why an image file cannot be read, found cheaply; None when it can.
+
+    Reads the header (Pillow's ``open``: an empty file or a text file named
+    ``.jpg`` fail here), verifies a PNG's chunks and checksums up to its end
+    (a truncated PNG fails), and looks for a JPEG's end-of-image marker
+    near the end of the file (a truncated JPEG has none; only such a JPEG is
+    decoded, to be sure). Nothing else is decoded.
+
+    Args:
+
+        path (str or Path): the image file.
+
+    Returns:
+        *str* or *None*: the reason, or None for a readable image.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            kind = image.format
+            image.verify()
+        if kind == "JPEG":
+            with open(path, "rb") as handle:
+                handle.seek(max(0, path.stat().st_size - _JPEG_TAIL))
+                tail = handle.read()
+            if b"\xff\xd9" not in tail and not _decodes(path):
+                return "truncated JPEG (no end-of-image marker, does not decode)"
+    except Exception as error:  # noqa: BLE001 - reported, with its kind
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 class ImageFiles(Dataset):
@@ -234,3 +339,15 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         image = self.preprocess(self.paths[index])
         return image[0] if image.dim() == 4 else image
+
+    def unreadable(self, threads: int = 8) -> List[tuple]:
+        """``(index, reason)`` of every file :func:`image_problem` rejects
+        (headers read by ``threads`` threads)."""
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            problems = list(pool.map(image_problem, self.paths))
+        return [(i, why) for i, why in enumerate(problems) if why is not None]
+
+    def subset(self, keep: Sequence[int]) -> ImageFiles:
+        """The files of ``keep`` (indices), with their labels."""
+        labels = None if self.labels is None else [self.labels[i] for i in keep]
+        return ImageFiles([self.paths[i] for i in keep], self.preprocess, labels)

@@ -16,9 +16,10 @@ done by the stages of :mod:`.stages`.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -27,8 +28,9 @@ from torch.nn import Module
 from ..functional.similarity import DEFAULT_GALLERY_CHUNK, exact_top_k
 from ..methods import PairAttribution, supports_contrast
 from . import distributed as dist_utils
-from . import stages
+from . import stages, timing
 from .data import SourceType
+from .neighbours import NeighboursType
 from .settings import RunSettings
 from .store import load_maps, read_results
 
@@ -41,7 +43,11 @@ class RetrievalRun:
     that have a relevant gallery item, when labels are known (empty
     otherwise, and on ranks other than 0). ``pairs_explained`` and
     ``seconds`` count this call on this rank only (a resumed run counts the
-    batches it did).
+    batches it did). ``skipped`` lists the unreadable image files left out
+    (``{"source", "index", "id", "reason"}`` each, as ``summary.json``'s
+    ``skipped_images``); ``timings`` holds the seconds per stage and per kind
+    of work (``read_s``, ``embed_s``, ``search_s``, ``maps_s``,
+    ``write_s``, ...: see :mod:`.timing`).
     """
 
     out: Path
@@ -53,6 +59,7 @@ class RetrievalRun:
     pairs_explained: int = 0
     seconds: float = 0.0
     timings: Dict[str, float] = field(default_factory=dict)
+    skipped: List[Dict[str, Any]] = field(default_factory=list)
 
     def records(self) -> Iterator[Dict[str, Any]]:
         """The lines of ``results.jsonl``, in query order."""
@@ -70,7 +77,7 @@ def explain_retrieval(
     gallery: SourceType,
     out: Union[str, Path],
     member: Union[str, PairAttribution] = "sfam",
-    k: int = 5,
+    k: Optional[int] = None,
     metric: Optional[str] = None,
     batch_size: Optional[int] = None,
     query_ids: Optional[Sequence[Any]] = None,
@@ -89,6 +96,9 @@ def explain_retrieval(
     gallery_chunk: int = DEFAULT_GALLERY_CHUNK,
     resume: bool = True,
     progress: bool = False,
+    neighbours: Optional[NeighboursType] = None,
+    search: str = "exact",
+    strict: bool = False,
 ) -> RetrievalRun:
     r"""Top-k retrieval of every query and an explanation of every match.
 
@@ -132,7 +142,7 @@ def explain_retrieval(
                     Grad-FAM) with one backward pass per pair.
                     Default: "sfam"
         k (int, optional): neighbours explained per query.
-                    Default: 5
+                    Default: 5, or the length of the lists of ``neighbours``
         metric (str, optional): "cosine" or "euclidean", the model's metric:
                     it ranks the gallery and parameterises the member.
                     Default: the member object's metric, else "cosine"
@@ -186,6 +196,30 @@ def explain_retrieval(
                     Default: True
         progress (bool, optional): progress bars (tqdm) on rank 0.
                     Default: False
+        neighbours (str, Path, list or dict, optional): your system's ranked
+                    lists, explained instead of a search of ours: a JSON lines
+                    file (``{"query": id, "neighbours": [ids], "scores":
+                    [...]}``), a CSV file (``query,neighbour,rank[,score]``),
+                    or such dicts, or ``{query id: [neighbour ids]}`` (see
+                    :mod:`captum_sfam.retrieval.neighbours`). Exactly those
+                    pairs are explained, in the given order (``rank`` is the
+                    system's); each neighbour keeps ``similarity`` (the
+                    model's), ``model_rank`` and ``system_score``. No
+                    exclusion applies. Every query needs a list, all of one
+                    length.
+                    Default: None (search)
+        search (str, optional): "exact" (chunked exact search) or "faiss"
+                    (an HNSW index, the ``audit`` extra; its recall against
+                    exact search is measured on the first 256 queries and
+                    written to ``summary.json``).
+                    Default: "exact"
+        strict (bool, optional): an unreadable image file (empty, truncated,
+                    not an image; found by a cheap scan of the headers of an
+                    :class:`ImageFiles` dataset) is a ValueError before any
+                    embedding; False: such files are left out, listed in
+                    ``summary.json`` (``skipped_images``) and counted in one
+                    ``UserWarning`` at the end of the run.
+                    Default: False
 
     Returns:
         *RetrievalRun*: the run directory, counts, mean metrics, the report's
@@ -194,7 +228,9 @@ def explain_retrieval(
     Raises:
         ValueError: ``out`` holds a run with other settings (and ``resume``);
                     k larger than the gallery; an unknown member or a metric
-                    the member does not support; NaN or inf embeddings.
+                    the member does not support; NaN or inf embeddings; an
+                    unknown id in ``neighbours`` (the message names the file
+                    and line); unreadable images with ``strict``.
         TypeError: queries or gallery of an unsupported type.
 
     Examples::
@@ -207,15 +243,34 @@ def explain_retrieval(
         ...     maps = run.maps(record)  # float16 (k, 7, 7) query/neighbour maps
     """
     start_time = time.perf_counter()
-    settings = RunSettings.build(
-        model, layer, queries, gallery, out, member=member, k=k, metric=metric,
-        batch_size=batch_size, query_ids=query_ids, gallery_ids=gallery_ids,
-        query_labels=query_labels, gallery_labels=gallery_labels,
-        exclude_same_id=exclude_same_id, relu_attributions=relu_attributions,
-        contrast=contrast, report=report, report_limit=report_limit, mean=mean,
-        std=std, device=device, num_workers=num_workers,
-        gallery_chunk=gallery_chunk, resume=resume, progress=progress,
-    )  # fmt: skip
+    with timing.running(timing.Clock()):
+        settings = RunSettings.build(
+            model, layer, queries, gallery, out, member=member, k=k, metric=metric,
+            batch_size=batch_size, query_ids=query_ids, gallery_ids=gallery_ids,
+            query_labels=query_labels, gallery_labels=gallery_labels,
+            exclude_same_id=exclude_same_id, relu_attributions=relu_attributions,
+            contrast=contrast, report=report, report_limit=report_limit,
+            mean=mean, std=std, device=device, num_workers=num_workers,
+            gallery_chunk=gallery_chunk, resume=resume, progress=progress,
+            neighbours=neighbours, search=search, strict=strict,
+        )  # fmt: skip
+        result = _run(settings)
+    result.seconds = time.perf_counter() - start_time
+    if settings.skipped:
+        first = settings.skipped[0]
+        warnings.warn(
+            f"{len(settings.skipped)} unreadable image file(s) left out (first: "
+            f"{first['id']}: {first['reason']}); listed in "
+            f"{settings.out / 'summary.json'} under 'skipped_images' (strict=True "
+            "refuses them)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _run(settings: RunSettings) -> RetrievalRun:
+    """The stages, in order, on the current clock."""
     stages.prepare_directory(settings)
     timings: Dict[str, float] = {}
     tick = time.perf_counter()
@@ -226,12 +281,14 @@ def explain_retrieval(
     timings["queries_s"] = time.perf_counter() - tick
     dist_utils.barrier(settings.context)
     result = RetrievalRun(
-        settings.out, len(settings.queries), len(settings.gallery), k,
-        pairs_explained=pairs, timings=timings,
+        settings.out, len(settings.queries), len(settings.gallery), settings.k,
+        pairs_explained=pairs, timings=timings, skipped=settings.skipped,
     )  # fmt: skip
     if settings.context.is_main:
         result.metrics, result.report = stages.finish(settings, timings)
-    result.seconds = time.perf_counter() - start_time
+    clock = timing.current()
+    if clock is not None:
+        timings.update(clock.totals())
     dist_utils.barrier(settings.context)
     return result
 

@@ -3,7 +3,8 @@ r"""The settings of a retrieval run, checked once before any work.
 :meth:`RunSettings.build` turns the arguments of
 :func:`~captum_sfam.retrieval.explain_retrieval` into one frozen object: the
 attribution member built on the model, the query and gallery sources, the
-gallery item each query must skip, how many neighbours the search keeps, and
+gallery item each query must skip, how many neighbours the search keeps (or
+your system's lists, :mod:`.neighbours`), the unreadable files left out, and
 what the run writes. The stages of :mod:`.stages` read everything from it;
 :meth:`RunSettings.manifest` is the ``run.json`` a resumed run must match.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +26,12 @@ from ..methods import REGISTRY, PairAttribution, supports_contrast
 from . import distributed as dist_utils
 from .data import ImageSource, SourceType
 from .metrics import RECALL_AT
+from .neighbours import NeighboursType, SystemNeighbours, read_neighbours
+
+#: the searches a run can do (your system's neighbours need none)
+SEARCHES = ("exact", "faiss")
+#: unreadable files named in the error of a strict run
+_NAMED = 10
 
 #: format version written to run.json
 FORMAT_VERSION = 1
@@ -140,6 +147,31 @@ def gallery_exclusions(
     return exclude if bool((exclude >= 0).any()) else None
 
 
+def unreadable_files(
+    sources: Sequence[ImageSource], strict: bool
+) -> List[Dict[str, Any]]:
+    r"""Leave the unreadable files out of ``sources`` (see
+    :meth:`.data.ImageSource.drop_unreadable`), or refuse them.
+
+    Returns:
+        *list[dict]*: the files left out, ``{"source", "index", "id",
+        "reason"}`` each.
+
+    Raises:
+        ValueError: ``strict`` and a file is unreadable (the message names
+                    them), before any embedding.
+    """
+    skipped = [item for source in sources for item in source.drop_unreadable()]
+    if strict and skipped:
+        named = "; ".join(f"{s['id']} ({s['reason']})" for s in skipped[:_NAMED])
+        more = f" and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else ""
+        raise ValueError(
+            f"strict=True: {len(skipped)} unreadable image file(s): {named}{more}; "
+            "remove or replace them, or pass strict=False to skip them"
+        )
+    return skipped
+
+
 @dataclass(frozen=True, eq=False)
 class RunSettings:
     r"""Everything one retrieval run reads, checked once by :meth:`build`.
@@ -149,6 +181,10 @@ class RunSettings:
     explained and written. ``exclude`` is :func:`gallery_exclusions`'s
     result; ``label_counts`` counts the gallery's labels (None without
     labels on both sides).
+    ``system`` holds your system's ranked lists when the run explains them
+    (then ``k_search == k`` and nothing is excluded); ``search`` is "exact"
+    or "faiss" otherwise. ``skipped`` lists the unreadable files left out;
+    ``notes`` is the run's scratch space (a FAISS index, repaired files).
     """
 
     out: Path
@@ -174,6 +210,11 @@ class RunSettings:
     resume: bool
     progress: bool
     context: dist_utils.Context
+    search: str = "exact"
+    system: Optional[SystemNeighbours] = None
+    strict: bool = False
+    skipped: List[Dict[str, Any]] = field(default_factory=list)
+    notes: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -185,7 +226,7 @@ class RunSettings:
         out: Union[str, Path],
         *,
         member: Union[str, PairAttribution],
-        k: int,
+        k: Optional[int],
         metric: Optional[str],
         batch_size: Optional[int],
         query_ids: Optional[Sequence[Any]],
@@ -204,6 +245,9 @@ class RunSettings:
         gallery_chunk: int,
         resume: bool,
         progress: bool,
+        neighbours: Optional[NeighboursType] = None,
+        search: str = "exact",
+        strict: bool = False,
     ) -> RunSettings:
         r"""Check the arguments of ``explain_retrieval`` and build the settings.
 
@@ -216,8 +260,14 @@ class RunSettings:
         Raises:
             ValueError, TypeError: as ``explain_retrieval``.
         """
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        if neighbours is not None and search != "exact":
+            raise ValueError(
+                "neighbours= gives the pairs: leave search at 'exact' (no search)"
+            )
         method, metric, member_name, layer_name = _check_member(
-            model, layer, member, k, metric, contrast
+            model, layer, member, 5 if k is None else k, metric, False
         )
         context = dist_utils.current_context()
         q_source = ImageSource(
@@ -227,22 +277,43 @@ class RunSettings:
             gallery, "gallery", gallery_ids, gallery_labels, q_source.batch_size,
             num_workers,
         )  # fmt: skip
-        exclude = gallery_exclusions(q_source, g_source, exclude_same_id)
+        device = torch.device(device) if device is not None else _model_device(model)
+        for source in (q_source, g_source):
+            source.pin_memory = device.type == "cuda"
+        skipped = unreadable_files((q_source, g_source), strict)
+        system = None
+        if neighbours is not None:
+            system = read_neighbours(neighbours, q_source, g_source)
+            if k is not None and k != system.k:
+                raise ValueError(
+                    f"k = {k} but {system.source} lists {system.k} neighbours per "
+                    f"query: pass k={system.k} or k=None"
+                )
+            k = system.k
+        k = 5 if k is None else k
+        _check_member(model, layer, method, k, metric, contrast)
+        exclude = None
+        if system is None:
+            exclude = gallery_exclusions(q_source, g_source, exclude_same_id)
         available = len(g_source) - (0 if exclude is None else 1)
         if k > available:
             raise ValueError(f"k = {k} but the gallery has {available} items to rank")
         labelled = q_source.labels is not None and g_source.labels is not None
+        if system is not None or not labelled:
+            k_search = k
+        else:
+            k_search = min(max(k, *RECALL_AT), available)
         return cls(
             out=Path(out), model=model, method=method, member=member_name,
             metric=metric, layer=layer_name, k=k,
-            k_search=min(max(k, *RECALL_AT), available) if labelled else k,
+            k_search=k_search,
             queries=q_source, gallery=g_source, exclude=exclude,
             label_counts=Counter(g_source.labels) if labelled else None,
             relu_attributions=relu_attributions, contrast=contrast, report=report,
             report_limit=report_limit, mean=mean, std=std,
-            device=torch.device(device) if device is not None else _model_device(model),
-            gallery_chunk=gallery_chunk, resume=resume, progress=progress,
-            context=context,
+            device=device, gallery_chunk=gallery_chunk, resume=resume,
+            progress=progress, context=context, search=search, system=system,
+            strict=strict, skipped=skipped,
         )  # fmt: skip
 
     @property
@@ -273,7 +344,7 @@ class RunSettings:
         of the ids, labels and model weights, not the values."""
         labelled = self.label_counts is not None
         labels = [self.queries.labels, self.gallery.labels] if labelled else None
-        return {
+        manifest: Dict[str, Any] = {
             "format": FORMAT_VERSION,
             "member": self.member,
             "metric": self.metric,
@@ -290,6 +361,21 @@ class RunSettings:
             "contrast": self.contrast,
             "model": _model_fingerprint(self.model),
         }
+        # new keys only when used: earlier runs' run.json still match
+        if self.search != "exact":
+            manifest["search"] = self.search
+        if self.system is not None:
+            digest = hashlib.sha256(self.system.indices.numpy().tobytes())
+            if self.system.scores is not None:
+                digest.update(self.system.scores.numpy().tobytes())
+            manifest["neighbours"] = digest.hexdigest()[:16]
+        return manifest
 
 
-__all__ = ["FORMAT_VERSION", "RunSettings", "gallery_exclusions"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SEARCHES",
+    "RunSettings",
+    "gallery_exclusions",
+    "unreadable_files",
+]

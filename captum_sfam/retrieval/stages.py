@@ -4,9 +4,11 @@ calls them.
 1. :func:`prepare_directory`: check ``run.json`` against an earlier run (when
    resuming) and write it;
 2. :func:`embed_gallery`: the gallery's embedding table, read back or
-   embedded round-robin over the ranks;
-3. :func:`explain_queries`: this rank's unfinished query batches, each by
-   :func:`explain_batch` (search, maps by :func:`.maps.save_maps`, lines);
+   embedded in checkpointed chunks round-robin over the ranks
+   (:mod:`.gallery`);
+3. :func:`explain_queries`: this rank's unfinished query batches (a damaged
+   part or shard is named and redone), each by :func:`explain_batch`
+   (search by :mod:`.search`, maps by :func:`.maps.save_maps`, lines);
 4. :func:`finish` (rank 0): :func:`merge_results`, the report and
    ``summary.json``.
 
@@ -20,31 +22,31 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
-import torch
 from torch import Tensor
 from torch.nn import Module
 
-from ..functional.similarity import exact_top_k
-from ..similarity import embed
 from . import distributed as dist_utils
+from . import timing
+from .gallery import embed_checked, embed_gallery, repaired
 from .maps import save_maps
 from .metrics import mean_query_metrics, query_metrics
 from .report import write_report
+from .search import annotate, search_batch
 from .settings import RunSettings
 from .store import (
-    EMBEDDINGS,
     MANIFEST,
     RESULTS,
     SUMMARY,
-    load_tensor,
+    check_lines,
+    check_tensors,
     part_name,
     read_lines,
     remove_run,
-    save_tensors,
     shard_name,
     write_json,
     write_lines,
 )
+from .timing import section
 
 T = TypeVar("T")
 
@@ -62,10 +64,7 @@ def _progress(
 
 
 def _embed_checked(model: Module, images: Tensor, name: str) -> Tensor:
-    embeddings = embed(model, images).float()
-    if not bool(torch.isfinite(embeddings).all()):
-        raise ValueError(f"the model gives NaN or inf embeddings for {name}")
-    return embeddings
+    return embed_checked(model, images, name)
 
 
 # ------------------------------------------------------ 1. the directory ----
@@ -99,69 +98,7 @@ def prepare_directory(settings: RunSettings) -> None:
 
 
 # ------------------------------------------------------ 2. the gallery ------
-def _cached_embeddings(settings: RunSettings) -> Optional[Tensor]:
-    """Rank 0: an earlier run's table when resuming and it has one row per
-    gallery item; None elsewhere."""
-    path = settings.out / EMBEDDINGS
-    if not (settings.context.is_main and settings.resume and path.is_file()):
-        return None
-    cached = load_tensor(path, "embeddings")
-    return cached if cached.shape[0] == len(settings.gallery) else None
-
-
-def _embed_gallery_batches(settings: RunSettings) -> Tensor:
-    """Embed this rank's gallery batches (round-robin) and assemble the whole
-    (M, D) table on every rank."""
-    context, gallery = settings.context, settings.gallery
-    mine = context.mine(gallery.num_batches)
-    sizes = [len(gallery.batch_indices(b)) for b in range(gallery.num_batches)]
-    # this rank's rows, packed in one buffer as they come (no list to join)
-    packed: Optional[Tensor] = None
-    offset = 0
-    batches = _progress(
-        gallery.batches(mine), len(mine), "gallery", settings.show_progress
-    )
-    with torch.no_grad():
-        for _, images in batches:
-            rows = _embed_checked(
-                settings.model, images.to(settings.device), "the gallery"
-            )
-            if packed is None:
-                total = sum(sizes[b] for b in mine)
-                packed = rows.new_empty(total, rows.shape[1], device=context.device)
-            packed[offset : offset + rows.shape[0]] = rows
-            offset += rows.shape[0]
-    width = dist_utils.all_max(context, 0 if packed is None else packed.shape[1])
-    return dist_utils.assemble_rows(context, packed, sizes, width)
-
-
-def embed_gallery(settings: RunSettings) -> Tensor:
-    r"""The gallery's embedding table, the same on every rank.
-
-    Read from ``gallery_embeddings.safetensors`` when resuming a run that
-    wrote it (rank 0 reads, every rank receives); else embedded in batches,
-    round-robin over the ranks, and saved by rank 0.
-
-    Returns:
-        *Tensor*: (M, D) float32 embeddings on ``settings.device``.
-
-    Raises:
-        ValueError: the model gives NaN or inf embeddings.
-    """
-    context = settings.context
-    cached = _cached_embeddings(settings)
-    if dist_utils.broadcast_flag(context, cached is not None):
-        width = dist_utils.all_max(
-            context, cached.shape[1] if cached is not None else 0
-        )
-        embeddings = dist_utils.broadcast_tensor(
-            context, cached, (len(settings.gallery), width), torch.float32
-        )
-    else:
-        embeddings = _embed_gallery_batches(settings)
-        if context.is_main:
-            save_tensors(settings.out / EMBEDDINGS, {"embeddings": embeddings})
-    return embeddings.to(settings.device)
+# embed_gallery: see .gallery (checkpointed chunks, resumed, repaired)
 
 
 # ------------------------------------------------------ 3. the queries ------
@@ -225,33 +162,50 @@ def explain_batch(
     indices = settings.queries.batch_indices(number)
     images = images.to(settings.device)
     embeddings = _embed_checked(settings.model, images, "the queries")
-    skip = None if settings.exclude is None else settings.exclude[indices]
-    values, neighbours = exact_top_k(
-        embeddings, gallery_table, settings.k_search, settings.metric,
-        settings.gallery_chunk, skip,
-    )  # fmt: skip
-    values, neighbours = values.cpu(), neighbours.cpu()
-    save_maps(settings, number, indices[0], images, neighbours[:, : settings.k])
+    values, neighbours, extras = search_batch(
+        settings, gallery_table, embeddings, indices, number
+    )
+    with section("maps"):
+        save_maps(settings, number, indices[0], images, neighbours[:, : settings.k])
     records = [
         _record(settings, query, (number, row), values[row], neighbours[row])
         for row, query in enumerate(indices)
     ]
+    annotate(records, extras)
     write_lines(settings.out / part_name(number), records)
     return len(indices) * settings.k
 
 
+def _finished(settings: RunSettings, number: int) -> bool:
+    """Whether batch ``number`` has a whole part and a whole shard; a damaged
+    one is named in a warning and both are removed (the batch is redone)."""
+    out = settings.out
+    part, shard = out / part_name(number), out / shard_name(number)
+    if not part.is_file():
+        return False
+    queries = settings.queries.batch_indices(number)
+    problem, damaged = check_lines(part, queries), part
+    if problem is None:
+        rows = {"query_maps": len(queries), "neighbour_maps": len(queries)}
+        problem, damaged = check_tensors(shard, rows), shard
+    if problem is None:
+        return True
+    repaired(settings, damaged, problem, f"explaining batch {number} again")
+    part.unlink()
+    shard.unlink(missing_ok=True)
+    return False
+
+
 def explain_queries(settings: RunSettings, gallery_table: Tensor) -> int:
-    r"""Explain this rank's query batches (round-robin) that have no part yet.
+    r"""Explain this rank's query batches (round-robin) that are not finished:
+    no part yet, or a damaged part or shard (named in a warning, redone).
 
     Returns:
         *int*: the pairs explained by this call on this rank.
     """
-    out, queries = settings.out, settings.queries
-    todo = [
-        b
-        for b in settings.context.mine(queries.num_batches)
-        if not (out / part_name(b)).is_file()
-    ]
+    queries = settings.queries
+    mine = settings.context.mine(queries.num_batches)
+    todo = [b for b in mine if not (settings.resume and _finished(settings, b))]
     pairs = 0
     batches = _progress(
         queries.batches(todo), len(todo), "queries", settings.show_progress
@@ -263,24 +217,30 @@ def explain_queries(settings: RunSettings, gallery_table: Tensor) -> int:
 
 # ------------------------------------------------------ 4. the results ------
 def _copy_records(
-    handle: Any, out: Path, num_batches: int
+    handle: Any, out: Path, num_batches: int, recalls: List[float]
 ) -> Iterator[Dict[str, float]]:
     """Write the lines of every part to ``handle``, in batch order, yielding
-    the metrics of each query with a relevant gallery item as it passes."""
+    the metrics of each query with a relevant gallery item as it passes (and
+    collecting the FAISS checks' ``search_recall`` in ``recalls``)."""
     for b in range(num_batches):
         for record in read_lines(out / part_name(b)):
             handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+            if "search_recall" in record:
+                recalls.append(record["search_recall"])
             if record.get("relevant"):
                 yield record["metrics"]
 
 
-def merge_results(out: Path, num_batches: int) -> Dict[str, float]:
+def merge_results(
+    out: Path, num_batches: int, recalls: Optional[List[float]] = None
+) -> Dict[str, float]:
     r"""Concatenate the batch parts into ``results.jsonl`` (atomically).
 
     Args:
 
         out (Path): the run directory.
         num_batches (int): the number of query batches.
+        recalls (list, optional): receives the records' ``search_recall``.
 
     Returns:
         *dict[str, float]*: the mean metrics of the queries with a relevant
@@ -298,7 +258,9 @@ def merge_results(out: Path, num_batches: int) -> Dict[str, float]:
         )
     tmp = out / f".{RESULTS}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        means, counted = mean_query_metrics(_copy_records(handle, out, num_batches))
+        kept = [] if recalls is None else recalls
+        copied = _copy_records(handle, out, num_batches, kept)
+        means, counted = mean_query_metrics(copied)
     tmp.replace(out / RESULTS)
     if counted:
         means["queries_with_relevant"] = counted
@@ -316,7 +278,8 @@ def finish(
         *tuple* of **(metrics, report)**: the mean metrics, and the path of
         ``index.html`` or None.
     """
-    metrics = merge_results(settings.out, settings.queries.num_batches)
+    recalls: List[float] = []
+    metrics = merge_results(settings.out, settings.queries.num_batches, recalls)
     report = None
     if settings.report:
         tick = time.perf_counter()
@@ -337,8 +300,33 @@ def finish(
         "metrics": metrics,
         "timings_rank0": timings,
     }
+    summary.update(_audit_summary(settings, recalls))
     write_json(settings.out / SUMMARY, summary)
     return metrics, report
+
+
+def _audit_summary(settings: RunSettings, recalls: List[float]) -> Dict[str, Any]:
+    """The summary's fields on where the neighbours came from, the files left
+    out or repaired, and the time per kind of work (:mod:`.timing`)."""
+    system = settings.system
+    found: Dict[str, Any] = {
+        "neighbours": "system" if system is not None else settings.search,
+        "skipped_images": settings.skipped,
+        "repaired": settings.notes.get("repaired", []),
+    }
+    if system is not None:
+        found["neighbours_file"] = system.source
+        found["system_scores"] = system.scores is not None
+    if recalls:
+        found["search_recall"] = {
+            "k": settings.k,
+            "recall_at_k_vs_exact": sum(recalls) / len(recalls),
+            "queries_checked": len(recalls),
+        }
+    clock = timing.current()
+    if clock is not None:
+        found["time_by_kind_rank0"] = clock.totals()
+    return found
 
 
 __all__: List[str] = [
