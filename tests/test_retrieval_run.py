@@ -29,6 +29,7 @@ from captum_sfam.retrieval import (
     read_results,
     supports_contrast,
 )
+from captum_sfam.retrieval.report.order import badness
 from captum_sfam.similarity import embed, similarity_matrix
 
 
@@ -413,9 +414,13 @@ def test_report_renders_ranked_lists_with_maps(model, tmp_path):
     page = _Page()
     page.feed(run.report.read_text())
     page.close()
-    assert page.rows == [f"q{i:06d}" for i in range(4)]  # report_limit
+    # report_limit keeps the 4 worst (tests/test_report.py checks the order)
+    records = sorted(run.records(), key=badness)
+    assert page.rows == [f"q{r['query']:06d}" for r in records[:4]]
     for row in page.rows:
         imgs = [a for r, a in page.images if r == row]
+        kinds = ("query", "neighbour-map", "query-map")
+        imgs = [a for a in imgs if a["class"] in kinds]
         assert len(imgs) == 1 + 2 * 3  # the query, then neighbour + query maps
         assert [a["class"] for a in imgs[1:3]] == ["neighbour-map", "query-map"]
         for attrs in imgs:
@@ -423,7 +428,7 @@ def test_report_renders_ranked_lists_with_maps(model, tmp_path):
             assert path.is_file() and not Path(attrs["src"]).is_absolute()
             with Image.open(path) as picture:
                 assert picture.format == "PNG" and picture.size == (128, 128)
-        verdicts = [c for r, c in page.cells if r == row][1:]
+        verdicts = [c for r, c in page.cells if r == row][1:4]  # then missed ones
         assert all(c in ("neighbour hit", "neighbour miss") for c in verdicts)
     # the map is drawn: a neighbour's thumbnail differs from the bare picture
     record = next(run.records())

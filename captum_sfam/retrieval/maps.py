@@ -5,16 +5,24 @@ one ``attribute_pairs`` call (each distinct neighbour runs through the network
 once); gradient members (CG-RAM, Grad-FAM) with one backward pass per pair, in
 batches of ``batch_size`` pairs. With ``contrast``, each query also gets its
 map of rank 1 against rank 2.
+
+For the audit (see :mod:`.audit`), the shard also holds each pair's
+point-to-point correspondences at the layer's resolution (the member's
+``point_to_point`` with its default reading, from one more forward pass of
+the batch's queries and neighbours up to the layer), and, with labels, the
+contrastive map of each wrong neighbour ranked above the query's first true
+match: ``attribute(query, support=wrong, contrast=true)``.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ..methods import ForwardPairAttribution
+from ..methods import ForwardPairAttribution, supports_contrast
+from .audit import QueryAudit, wrong_above_true
 from .settings import RunSettings
 from .store import MAP_DTYPE, save_tensors, shard_name
 
@@ -66,8 +74,124 @@ def _contrast_maps(settings: RunSettings, images: Tensor, neighbours: Tensor) ->
     return maps[:, 0]
 
 
+def point_maps(settings: RunSettings, images: Tensor, top: Tensor) -> Tensor:
+    r"""Point-to-point correspondences of each (query, neighbour) pair.
+
+    Equal to ``method.point_to_point(query, neighbour)`` with the member's
+    default reading: for the readings that need no pair weights ("cosine",
+    "dot"), from the layer activations of the batch's queries and of each
+    distinct neighbour (one forward pass up to the layer); "weighted" by
+    ``point_to_point`` per query.
+
+    Args:
+
+        settings (RunSettings): the run.
+        images (Tensor): the batch's n query images, on ``settings.device``.
+        top (Tensor): (n, k) gallery indices of each query's neighbours.
+
+    Returns:
+        *Tensor*: (n, k, h, w, h', w'): ``result[i, j, a, b]`` scores query
+        cell (a, b) against every cell of neighbour j; finite.
+    """
+    method, gallery, device = settings.method, settings.gallery, settings.device
+    n, k = top.shape
+    unique, inverse = torch.unique(top.flatten().cpu(), return_inverse=True)
+    items = gallery.take(unique.tolist()).to(device)
+    reading = method.correspondence_reading
+    with torch.no_grad():
+        if reading == "weighted":
+            scores = torch.cat(
+                [
+                    method.point_to_point(
+                        images[i : i + 1], items[inverse[i * k : (i + 1) * k]]
+                    )
+                    for i in range(n)
+                ]
+            ).permute(0, 3, 1, 2, 4, 5)
+            return scores.float()
+        size = settings.batch_size
+        queries = method.layer_activations(images, batch_size=size)
+        neighbours = method.layer_activations(items, batch_size=size)
+        q = queries.repeat_interleave(k, dim=0)  # (n k, N, h, w)
+        s = neighbours[inverse.to(neighbours.device)].unsqueeze(
+            1
+        )  # (n k, 1, N, h', w')
+        scores = method._correspondence_scores(q, s, reading, None)
+    scores = scores.float().reshape(n, k, *q.shape[-2:], *s.shape[-2:])
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("the point-to-point correspondences are not finite")
+    return scores
+
+
+def wrong_contrast_maps(
+    settings: RunSettings,
+    images: Tensor,
+    first_query: int,
+    top: Tensor,
+    audits: Sequence[Optional[QueryAudit]],
+) -> Optional[Tensor]:
+    r"""Why each wrong neighbour rather than the query's first true match.
+
+    For query i and each wrong neighbour ranked above its first true match
+    (:func:`.audit.wrong_above_true`), the member's
+    ``attribute(query_i, support=wrong, contrast=true)``; forward-only
+    members do a batch in one ``attribute_pairs`` call (each image through the
+    network once).
+
+    Returns:
+        *Tensor* or *None*: (n, k, h, w), zero where a neighbour is not such
+        a wrong match; None when the member has no contrastive map or no
+        query of the batch has such a pair.
+    """
+    method, gallery, device = settings.method, settings.gallery, settings.device
+    if not supports_contrast(method):
+        return None
+    pairs: List[Tuple[int, int, int]] = []  # (row, column, true item)
+    for row, audit in enumerate(audits):
+        ranks = wrong_above_true(settings, first_query + row, top[row].tolist(), audit)
+        assert audit is None or audit.first_true is not None or not ranks
+        pairs += [(row, r - 1, audit.first_true[1]) for r in ranks]  # type: ignore[union-attr]
+    if not pairs:
+        return None
+    relu = settings.relu_attributions
+    if isinstance(method, ForwardPairAttribution):
+        rows = sorted({p[0] for p in pairs})
+        wrong = sorted({int(top[p[0], p[1]]) for p in pairs})
+        truth = {p[0]: p[2] for p in pairs}
+        contrast = gallery.take([truth[r] for r in rows]).to(device)[:, None]
+        maps = method.attribute_pairs(
+            images[torch.tensor(rows, device=images.device)],
+            gallery.take(wrong).to(device), relu_attributions=relu,
+            forward_batch_size=settings.batch_size, contrast=contrast,
+        )[:, :, 0]  # fmt: skip
+        where_row = {r: i for i, r in enumerate(rows)}
+        where_item = {g: j for j, g in enumerate(wrong)}
+        values = [maps[where_row[r], where_item[int(top[r, c])]] for r, c, _ in pairs]
+    else:
+        values = []
+        for start in range(0, len(pairs), settings.batch_size):
+            chunk = pairs[start : start + settings.batch_size]
+            query = images[torch.tensor([r for r, _, _ in chunk], device=images.device)]
+            support = gallery.take([int(top[r, c]) for r, c, _ in chunk])
+            contrast = gallery.take([t for _, _, t in chunk])
+            maps = method.attribute(  # type: ignore[call-arg]
+                query, support.to(device)[:, None],
+                contrast=contrast.to(device)[:, None], relu_attributions=relu,
+            )  # fmt: skip
+            values += list(maps[:, 0])
+    result = values[0].new_zeros(top.shape[0], top.shape[1], *values[0].shape[-2:])
+    for (row, column, _), value in zip(pairs, values):
+        result[row, column] = value
+    return result
+
+
 def save_maps(
-    settings: RunSettings, number: int, first_query: int, images: Tensor, top: Tensor
+    settings: RunSettings,
+    number: int,
+    first_query: int,
+    images: Tensor,
+    top: Tensor,
+    audits: Optional[Sequence[Optional[QueryAudit]]] = None,
 ) -> None:
     r"""Explain query batch ``number`` against its neighbours; write its shard.
 
@@ -78,19 +202,34 @@ def save_maps(
         first_query (int): the index of the batch's first query (metadata).
         images (Tensor): the batch's n query images, on ``settings.device``.
         top (Tensor): (n, k) gallery indices of each query's neighbours.
+        audits (Sequence[QueryAudit or None], optional): each query's true
+                    matches (:func:`.audit.audit_batch`), for the
+                    contrastive maps of wrong matches above a true one and
+                    the sampled similarities.
+                    Default: None
 
     Returns:
         *None*: ``maps/batch-NNNNNN.safetensors`` holds float16
-        ``query_maps`` (n, k, h, w), ``neighbour_maps`` (n, k, h', w') and,
-        with ``settings.contrast``, ``contrast_maps`` (n, h, w).
+        ``query_maps`` (n, k, h, w), ``neighbour_maps`` (n, k, h', w'),
+        ``point_maps`` (n, k, h, w, h', w'); with ``settings.contrast``,
+        ``contrast_maps`` (n, h, w); with wrong matches above a true one,
+        ``wrong_contrast_maps`` (n, k, h, w); with labels, float32
+        ``positive_similarities`` and ``negative_similarities`` (flat, query i
+        at ``*_offsets[i]:*_offsets[i + 1]``).
     """
     q_maps, g_maps = _pair_maps(settings, images, top)
     tensors = {
         "query_maps": q_maps.to(MAP_DTYPE),
         "neighbour_maps": g_maps.to(MAP_DTYPE),
+        "point_maps": point_maps(settings, images, top).to(MAP_DTYPE),
     }
     if settings.contrast:
         tensors["contrast_maps"] = _contrast_maps(settings, images, top).to(MAP_DTYPE)
+    if audits is not None and any(a is not None for a in audits):
+        wrong = wrong_contrast_maps(settings, images, first_query, top, audits)
+        if wrong is not None:
+            tensors["wrong_contrast_maps"] = wrong.to(MAP_DTYPE)
+        tensors.update(_samples(audits))
     metadata = {
         "first_query": str(first_query),
         "member": settings.member,
@@ -99,4 +238,17 @@ def save_maps(
     save_tensors(settings.out / shard_name(number), tensors, metadata=metadata)
 
 
-__all__ = ["save_maps"]
+def _samples(audits: Sequence[Optional[QueryAudit]]) -> Dict[str, Tensor]:
+    """The sampled similarities of a batch, flat, with offsets."""
+    result: Dict[str, Tensor] = {}
+    for kind in ("positive", "negative"):
+        parts = [
+            torch.zeros(0) if a is None else getattr(a, f"{kind}s") for a in audits
+        ]
+        sizes = torch.tensor([0] + [p.numel() for p in parts])
+        result[f"{kind}_similarities"] = torch.cat(parts).float()
+        result[f"{kind}_offsets"] = sizes.cumsum(0)
+    return result
+
+
+__all__ = ["point_maps", "save_maps", "wrong_contrast_maps"]

@@ -27,6 +27,8 @@ from torch.nn import Module
 
 from . import distributed as dist_utils
 from . import timing
+from .audit import annotate as audit_annotate
+from .audit import audit_batch
 from .gallery import embed_checked, embed_gallery, repaired
 from .maps import save_maps
 from .metrics import mean_query_metrics, query_metrics
@@ -165,13 +167,20 @@ def explain_batch(
     values, neighbours, extras = search_batch(
         settings, gallery_table, embeddings, indices, number
     )
+    with section("audit"):  # labelled queries' true matches (.audit)
+        audits = audit_batch(
+            settings, indices, embeddings, gallery_table, neighbours, settings.k
+        )
     with section("maps"):
-        save_maps(settings, number, indices[0], images, neighbours[:, : settings.k])
+        top = neighbours[:, : settings.k]
+        save_maps(settings, number, indices[0], images, top, audits)
     records = [
         _record(settings, query, (number, row), values[row], neighbours[row])
         for row, query in enumerate(indices)
     ]
     annotate(records, extras)
+    for record, audit, row in zip(records, audits, top.tolist()):
+        audit_annotate(settings, record, audit, row)
     write_lines(settings.out / part_name(number), records)
     return len(indices) * settings.k
 
