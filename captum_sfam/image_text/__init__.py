@@ -9,6 +9,7 @@ model's own score. The image side is explained by every gradient member with
 ``captum_sfam.image_text.text``.
 """
 
+from ..methods.multiblock import LayerMultiBlockGrad
 from .towers import TwoTower, two_tower
 
-__all__ = ["TwoTower", "two_tower"]
+__all__ = ["LayerMultiBlockGrad", "TwoTower", "two_tower"]
