@@ -55,9 +55,10 @@ def multiblock_map(
     total = torch.stack(resized).mean(0)
     if not normalize:
         return total
+    # scaled by the largest magnitude first: tiny maps do not underflow
+    peak = total.flatten(-2).abs().amax(-1)[..., None, None]
+    total = total / torch.where(peak > 0, peak, torch.ones_like(peak))
     low = total.flatten(-2).amin(-1)[..., None, None]
-    high = total.flatten(-2).amax(-1)[..., None, None]
-    span = high - low
-    return torch.where(
-        span > 0, (total - low) / span.clamp_min(1e-30), torch.zeros_like(total)
-    )
+    span = total.flatten(-2).amax(-1)[..., None, None] - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (total - low) / safe, torch.zeros_like(total))
