@@ -213,10 +213,28 @@ def test_wrong_above_true_gets_the_contrastive_map_of_attribute(data):
     _check_wrong_contrast(data, sfam)
 
 
-def test_gradient_member_contrastive_maps(tmp_path):
+def test_gradient_member_contrastive_and_point_maps(tmp_path):
     data = Data(tmp_path, member="cgram")
     cgram = LayerCGRAM(data.model, data.model.features, metric="euclidean")
     _check_wrong_contrast(data, cgram)
+    record = data.records[1]  # point maps from their own forward pass
+    points = data.run.maps(record)["points"].float()
+    q = record["query"]
+    for j, n in enumerate(record["neighbours"]):
+        direct = cgram.point_to_point(
+            data.queries[q : q + 1], data.gallery[n["index"]][None]
+        )[0, :, :, 0]
+        torch.testing.assert_close(points[j], direct, rtol=1e-3, atol=1e-3)
+
+
+def test_the_member_object_is_left_as_it_was(tmp_path):
+    model = TinyCNN().eval()
+    sfam = LayerSFAM(model, model.features, metric="cosine")
+    explain_retrieval(
+        model, model.features, _images(3, 1), _images(5, 2), tmp_path, sfam, k=2,
+        report=False,
+    )  # fmt: skip
+    assert "_features" not in vars(sfam)
 
 
 def test_members_without_contrast_say_so(tmp_path):

@@ -16,7 +16,8 @@ match: ``attribute(query, support=wrong, contrast=true)``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -26,12 +27,40 @@ from .audit import QueryAudit, wrong_above_true
 from .settings import RunSettings
 from .store import MAP_DTYPE, save_tensors, shard_name
 
+Activations = Tuple[Tensor, Tensor, Tensor]
+
+
+@contextmanager
+def _kept_features(method: ForwardPairAttribution) -> Iterator[Dict[str, Any]]:
+    """Keep the layer features of the member's passes while in the block
+    (the activations ``attribute_pairs`` computes anyway, so that the point
+    maps need no forward pass of their own); the member is left as it was,
+    exceptions included."""
+    kept: Dict[str, Any] = {}
+    own = method.__dict__.get("_features")
+    original = method._features
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        kept["features"] = original(*args, **kwargs)
+        return kept["features"]
+
+    method._features = keep  # type: ignore[method-assign]
+    try:
+        yield kept
+    finally:
+        if own is None:
+            del method._features
+        else:
+            method._features = own  # type: ignore[method-assign]
+
 
 def _pair_maps(
     settings: RunSettings, images: Tensor, neighbours: Tensor
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Optional[Activations]]:
     """Maps of each query (n) against each of its k neighbours: query maps
-    (n, k, h, w) and neighbour maps (n, k, h', w')."""
+    (n, k, h, w) and neighbour maps (n, k, h', w'); for forward-only members
+    also the activations of that pass: queries (n, N, h, w), distinct
+    neighbours (U, N, h', w') and each pair's neighbour row (n k,)."""
     method, gallery, device = settings.method, settings.gallery, settings.device
     relu, batch_size = settings.relu_attributions, settings.batch_size
     n, k = neighbours.shape
@@ -39,13 +68,17 @@ def _pair_maps(
         # each distinct neighbour of the batch runs through the network once
         unique, inverse = torch.unique(neighbours.flatten().cpu(), return_inverse=True)
         items = gallery.take(unique.tolist()).to(device)
-        q_maps, g_maps = method.attribute_pairs(
-            images, items, relu_attributions=relu, return_gallery_attributions=True,
-            forward_batch_size=batch_size,
-        )  # fmt: skip
+        with _kept_features(method) as kept:
+            q_maps, g_maps = method.attribute_pairs(
+                images, items, relu_attributions=relu,
+                return_gallery_attributions=True, forward_batch_size=batch_size,
+            )  # fmt: skip
+        features = kept["features"]
+        support = features.support.reshape(len(unique), *features.support.shape[-3:])
         rows = torch.arange(n)[:, None]
         columns = inverse.view(n, k)
-        return q_maps[rows, columns, 0], g_maps[rows, columns, 0]
+        activations = (features.query, support, inverse)
+        return q_maps[rows, columns, 0], g_maps[rows, columns, 0], activations
     # gradient members: one backward per pair, in batches of pairs
     q_parts, g_parts = [], []
     flat = neighbours.flatten().cpu().tolist()
@@ -59,7 +92,11 @@ def _pair_maps(
         q_parts.append(q_map[:, 0])
         g_parts.append(g_map[:, 0, 0])
     q_maps, g_maps = torch.cat(q_parts), torch.cat(g_parts)
-    return q_maps.view(n, k, *q_maps.shape[1:]), g_maps.view(n, k, *g_maps.shape[1:])
+    q_maps, g_maps = (
+        q_maps.view(n, k, *q_maps.shape[1:]),
+        g_maps.view(n, k, *g_maps.shape[1:]),
+    )
+    return q_maps, g_maps, None
 
 
 def _contrast_maps(settings: RunSettings, images: Tensor, neighbours: Tensor) -> Tensor:
@@ -74,44 +111,58 @@ def _contrast_maps(settings: RunSettings, images: Tensor, neighbours: Tensor) ->
     return maps[:, 0]
 
 
-def point_maps(settings: RunSettings, images: Tensor, top: Tensor) -> Tensor:
+def point_maps(
+    settings: RunSettings,
+    images: Tensor,
+    top: Tensor,
+    activations: Optional[Activations] = None,
+) -> Tensor:
     r"""Point-to-point correspondences of each (query, neighbour) pair.
 
     Equal to ``method.point_to_point(query, neighbour)`` with the member's
-    default reading: for the readings that need no pair weights ("cosine",
+    default reading. For the readings that need no pair weights ("cosine",
     "dot"), from the layer activations of the batch's queries and of each
-    distinct neighbour (one forward pass up to the layer); "weighted" by
-    ``point_to_point`` per query.
+    distinct neighbour: those of the maps' pass (forward-only members), else
+    one forward pass up to the layer; "weighted" by ``point_to_point`` per
+    query.
 
     Args:
 
         settings (RunSettings): the run.
         images (Tensor): the batch's n query images, on ``settings.device``.
         top (Tensor): (n, k) gallery indices of each query's neighbours.
+        activations (tuple, optional): the maps' pass's activations
+                    (see ``_pair_maps``).
+                    Default: None
 
     Returns:
-        *Tensor*: (n, k, h, w, h', w'): ``result[i, j, a, b]`` scores query
-        cell (a, b) against every cell of neighbour j; finite.
+        *Tensor*: (n, k, h, w, h', w') float32: ``result[i, j, a, b]`` scores
+        query cell (a, b) against every cell of neighbour j; finite.
     """
     method, gallery, device = settings.method, settings.gallery, settings.device
     n, k = top.shape
-    unique, inverse = torch.unique(top.flatten().cpu(), return_inverse=True)
-    items = gallery.take(unique.tolist()).to(device)
     reading = method.correspondence_reading
     with torch.no_grad():
-        if reading == "weighted":
-            scores = torch.cat(
-                [
-                    method.point_to_point(
-                        images[i : i + 1], items[inverse[i * k : (i + 1) * k]]
+        if activations is not None and reading != "weighted":
+            queries, neighbours, inverse = activations
+        else:
+            unique, inverse = torch.unique(top.flatten().cpu(), return_inverse=True)
+            items = gallery.take(unique.tolist()).to(device)
+            if reading == "weighted":
+                return (
+                    torch.cat(
+                        [
+                            method.point_to_point(
+                                images[i : i + 1], items[inverse[i * k : (i + 1) * k]]
+                            )
+                            for i in range(n)
+                        ]
                     )
-                    for i in range(n)
-                ]
-            ).permute(0, 3, 1, 2, 4, 5)
-            return scores.float()
-        size = settings.batch_size
-        queries = method.layer_activations(images, batch_size=size)
-        neighbours = method.layer_activations(items, batch_size=size)
+                    .permute(0, 3, 1, 2, 4, 5)
+                    .float()
+                )
+            queries = method.layer_activations(images, batch_size=settings.batch_size)
+            neighbours = method.layer_activations(items, batch_size=settings.batch_size)
         q = queries.repeat_interleave(k, dim=0)  # (n k, N, h, w)
         s = neighbours[inverse.to(neighbours.device)].unsqueeze(
             1
@@ -217,11 +268,12 @@ def save_maps(
         ``positive_similarities`` and ``negative_similarities`` (flat, query i
         at ``*_offsets[i]:*_offsets[i + 1]``).
     """
-    q_maps, g_maps = _pair_maps(settings, images, top)
+    q_maps, g_maps, activations = _pair_maps(settings, images, top)
+    points = point_maps(settings, images, top, activations)
     tensors = {
         "query_maps": q_maps.to(MAP_DTYPE),
         "neighbour_maps": g_maps.to(MAP_DTYPE),
-        "point_maps": point_maps(settings, images, top).to(MAP_DTYPE),
+        "point_maps": points.to(MAP_DTYPE),
     }
     if settings.contrast:
         tensors["contrast_maps"] = _contrast_maps(settings, images, top).to(MAP_DTYPE)
