@@ -29,7 +29,8 @@ img.wrong-contrast-map { outline: 3px dashed #c22; }
 .note { font-size: 11px; color: #844; max-width: 150px; }
 .keys { font-size: 11px; color: #333; }
 table.metrics td, table.metrics th { padding: 2px 8px; border: 1px solid #ccc; }
-.plots img { margin: 4px; border: 1px solid #ddd; background: #fff; }
+#summary { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 8px; }
+.plots img { margin: 2px; border: 1px solid #ddd; background: #fff; }
 button.pair-link { font-size: 11px; cursor: pointer; }
 #viewer { position: fixed; top: 8px; right: 8px; background: #fff; z-index: 10;
   border: 2px solid #446; padding: 8px; box-shadow: 0 2px 12px #0006; }

@@ -135,7 +135,7 @@ def read_samples(
 def _figure(title: str, xlabel: str, ylabel: str):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(4.2, 3.2), dpi=100, layout="constrained")
+    figure = Figure(figsize=(3.4, 2.7), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)

@@ -152,6 +152,10 @@ class Rows:
 
     def _missed(self, missed: List[Dict[str, Any]], relevant: Optional[int]) -> str:
         figures = []
+        indices = [int(item["index"]) for item in missed]
+        fresh = [i for i in indices if i not in self.saved]
+        for index, picture in zip(fresh, self.pictures.items(fresh)):
+            self.gallery_thumb(index, picture)
         for item in missed:
             thumb = self.gallery_thumb(int(item["index"]))
             alt = f"missed true match #{item['rank']} {item.get('id', '')}"

@@ -63,7 +63,7 @@ def thumbnail(picture: Tensor, height: int) -> Tensor:
 def save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray(array).save(path, optimize=False)
+    Image.fromarray(array).save(path, optimize=False, compress_level=1)
 
 
 class Pictures:
