@@ -7,7 +7,7 @@ Also the public home of the similarity functions (defined in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -18,9 +18,12 @@ from ._engine.model import (
     EmbeddingFunc,
     check_embedding_func,
     find_model,
+    patch_size,
+    prefix_tokens,
     warn_if_classifier,
 )
 from ._engine.pairs import group_by_label
+from ._engine.taps import GridTap, modules_of, taps_and_checks
 from .functional.similarity import (
     COSINE_EPS,
     MetricFunc,
@@ -205,6 +208,7 @@ class SimilarityTarget(Module):
                     f"{tuple(references.shape)}, got {tuple(contrast.shape)}"
                 )
         self.embedding_model = embedding_model
+        self._taps: List[Tuple[Module, Module]] = []
         self.register_buffer("references", references)
         self.register_buffer("contrast", contrast)
 
@@ -259,10 +263,41 @@ class SimilarityTarget(Module):
             target.classes = torch.unique(torch.as_tensor(support_labels).cpu())
         return target
 
+    def grid(self, layer: Module, num_prefix_tokens: Optional[int] = None) -> Module:
+        r"""A module showing the tokens (B, T, N) of ``layer`` (a vision
+        transformer block) as the patch grid (B, N, h, w), for Captum's layer
+        methods: ``LayerGradCam(target, target.grid(block))`` returns
+        (B, 1, h, w) maps. While this target runs, a hook lays the block's
+        patch tokens on the grid (prefix tokens and patch size read from the
+        model, as :func:`~captum_sfam.tokens_to_grid` would be told), passes
+        them through the returned module and back, values unchanged."""
+        if not any(m is layer for m in modules_of(self.embedding_model)):
+            raise ValueError("layer is not a submodule of embedding_model")
+        model = find_model(self.embedding_model, layer)
+        prefix = (
+            prefix_tokens(model) if num_prefix_tokens is None else num_prefix_tokens
+        )
+        tap = GridTap(prefix, patch_size(model))
+        self._taps.append((layer, tap))
+        return tap
+
     def forward(self, inputs: Tensor, *args: Any) -> Tensor:
-        emb = select_embedding(self.embedding_model(inputs, *args), self.embedding_func)
+        with taps_and_checks(self._taps, self.embedding_model, tuple(inputs.shape)):
+            output = self.embedding_model(inputs, *args)
+        emb = select_embedding(output, self.embedding_func)
         if torch.is_grad_enabled() and not emb.requires_grad:
             self._check_autograd(inputs)
+        if emb.shape[-1] != self.references.shape[-1]:
+            raise ValueError(
+                f"references have width {self.references.shape[-1]} but "
+                f"embedding_model gives embeddings of width {emb.shape[-1]}: "
+                "pass references of the same model (its other tower's)"
+            )
+        if emb.device != self.references.device:
+            raise ValueError(
+                f"references are on {self.references.device}, the embeddings "
+                f"on {emb.device}: move the target with .to(device)"
+            )
         refs = self.references.to(emb.dtype)
         scores = similarity_matrix(emb, refs, self.metric)
         if self.contrast is not None:  # sim(e, r) - sim(e, r')

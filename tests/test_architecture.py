@@ -23,8 +23,8 @@ FLOORS = {
 #: the engine's own floors, bottom to top
 ENGINE = {
     "checks": 0, "captum_compat": 0, "model": 1, "pairs": 1, "layer": 2,
-    "references": 2, "graph": 3, "correspondence": 3, "base": 4, "forward": 5,
-    "gradient": 5, "blocks": 6,
+    "references": 2, "taps": 2, "graph": 3, "correspondence": 3, "base": 4,
+    "forward": 5, "gradient": 5, "blocks": 6,
 }  # fmt: skip
 CORE = ["_engine", "functional", "methods", "similarity", "transforms"]
 CORE_ORDER = {"_optional": 0, "_engine": 1, "functional": 1, "methods": 2}

@@ -219,3 +219,28 @@ def test_bad_embeddings_name_the_argument():
         method.attribute(torch.rand(1, 3, 32, 32), references=torch.rand(1, 8))
     with pytest.raises(TypeError, match="two_tower reads"):
         two_tower(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["vit", "siglip"])
+def test_layer_grad_cam_through_similarity_target_on_a_vit_block(kind):
+    """A token layer: LayerGradCam raises naming the fix; on target.grid(layer)
+    it returns the grid map, equal to LayerCGRAM against the references."""
+    from captum.attr import LayerGradCam
+
+    from captum_sfam import SimilarityTarget
+
+    tw = tower(kind)
+    texts = tw.encode_text(["a cat", "a dog"])
+    target = SimilarityTarget(tw.image_model, texts, metric=tw.metric)
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"target.grid\(layer\).*tokens_to_grid"):
+        LayerGradCam(target, tw.blocks[-1]).attribute(x, target=0)
+    maps = LayerGradCam(target, target.grid(tw.default_layer)).attribute(x, target=1)
+    cgram = LayerCGRAM(tw.image_model, tw.default_layer, metric=tw.metric)
+    expected = cgram.attribute(x, references=texts, target=1)
+    torch.testing.assert_close(maps.detach(), expected, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), tw.score(tw.encode_image(x), texts))
+    assert all(not m._forward_hooks for m in tw.image_model.modules())
+    with pytest.raises(ValueError, match="references have width 4"):
+        SimilarityTarget(tw.image_model, torch.rand(2, 4))(x)
