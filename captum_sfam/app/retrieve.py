@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report-limit",
         type=positive_int,
         default=100,
-        help="queries shown in index.html (results.jsonl has all)",
+        help="the N worst queries shown in index.html (results.jsonl has all)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip index.html")
     parser.add_argument(

@@ -174,8 +174,11 @@ def explain_retrieval(
                     Default: False
         report (bool, optional): write ``index.html`` (rank 0).
                     Default: True
-        report_limit (int, optional): queries shown in the report (the first
-                    ones; ``results.jsonl`` always has all).
+        report_limit (int, optional): queries shown in the report: the
+                    worst ones, worst first (by the rank of the first true
+                    match, then AP, with labels; by the margin of rank 1 over
+                    rank 2 without; see :mod:`.report`); ``results.jsonl``
+                    always has all.
                     Default: 100
         mean, std (Sequence[float], optional): the normalisation of the model
                     inputs, undone to draw the report's thumbnails (by
