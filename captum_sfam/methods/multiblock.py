@@ -3,7 +3,7 @@ r"""Multi-block gradient map: LeGrad's aggregation over the blocks of a ViT."""
 from __future__ import annotations
 
 from .._engine.blocks import MultiLayerPairAttribution
-from ..functional.multiblock import block_map, multiblock_map
+from ..functional.multiblock import multiblock_map
 from ..functional.similarity import prototype_similarity
 
 
@@ -53,4 +53,4 @@ class LayerMultiBlockGrad(MultiLayerPairAttribution):
     map_rule = staticmethod(multiblock_map)
 
 
-__all__ = ["LayerMultiBlockGrad", "block_map", "multiblock_map"]
+__all__ = ["LayerMultiBlockGrad"]

@@ -18,6 +18,8 @@ API = Path(__file__).resolve().parent.parent / "api"
 #: name that no area defines (a constant, a type alias) is documented
 AREAS = [
     ("captum_sfam.methods", "Methods", "the family of pair attributions"),
+    ("captum_sfam.methods.multiblock", "Multi-block", "maps read at several blocks"),
+    ("captum_sfam.image_text", "Image–text", "two-tower models, both sides"),
     ("captum_sfam.functional", "Functional", "the pure maths, on tensors"),
     ("captum_sfam.similarity", "Similarity", "embeddings, similarity, Captum adapter"),
     ("captum_sfam.metrics", "Metrics", "evaluation of maps and pairs"),

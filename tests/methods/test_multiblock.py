@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from captum_sfam.functional.multiblock import block_map, multiblock_map
 from captum_sfam.image_text import LayerMultiBlockGrad
-from captum_sfam.methods.multiblock import block_map, multiblock_map
 
 
 def slow_multiblock(acts, grads, normalize=True):
