@@ -24,7 +24,6 @@ distance, computed as :func:`captum_sfam.functional.similarity_matrix`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -56,10 +55,12 @@ class QueryAudit:
     negatives: Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-@lru_cache(maxsize=4)
 def _label_codes(settings: RunSettings) -> Tuple[Tensor, Tensor, Tensor]:
     """Integer codes of the gallery's and the queries' labels (-1: a query
-    label the gallery lacks) and the run's negative sample of gallery rows."""
+    label the gallery lacks) and the run's negative sample of gallery rows,
+    made once per run (kept in ``settings.notes``)."""
+    if "audit_codes" in settings.notes:
+        return settings.notes["audit_codes"]
     gallery, queries = settings.gallery.labels, settings.queries.labels
     assert gallery is not None and queries is not None
     codes: Dict[object, int] = {}
@@ -67,7 +68,8 @@ def _label_codes(settings: RunSettings) -> Tuple[Tensor, Tensor, Tensor]:
     q = torch.tensor([codes.get(label, -1) for label in queries])
     generator = torch.Generator().manual_seed(0)
     sample = torch.randperm(len(gallery), generator=generator)[:SCORE_SAMPLE]
-    return g, q, sample.sort().values
+    settings.notes["audit_codes"] = (g, q, sample.sort().values)
+    return settings.notes["audit_codes"]
 
 
 def similarities(queries: Tensor, gallery: Tensor, metric: str) -> Tensor:

@@ -68,7 +68,7 @@ class Rows:
         if keys["ap"] is not None:
             notes.append(f"AP {keys['ap']:.3f}")
         if keys["margin"] is not None:
-            notes.append(f"margin #1-#2 {keys['margin']:.4f}")
+            notes.append(f"margin #1-#2 {keys['margin']:.4g}")
         refusal = wrong.get("refusal")
         note = (
             f'<div class="note">no contrastive map: {html.escape(refusal)}</div>'
