@@ -149,6 +149,34 @@ def test_first_true_and_missed_matches_equal_a_full_sort(data):
         assert missed == [t for t in expected if t[0] > 2][:MISSED_LIMIT]
 
 
+def test_leave_one_out_ranks_skip_the_query_itself(tmp_path):
+    """Queries that are gallery items (same ids): the item itself is neither
+    a true match nor counted above one."""
+    model = TinyCNN().eval()
+    gallery, labels = _images(12, 5), _labels(12, 6)
+    ids = [f"img{i}" for i in range(12)]
+    run = explain_retrieval(
+        model, model.features, gallery[:6], gallery, tmp_path, "sfam", k=2,
+        metric="euclidean", query_ids=ids[:6], gallery_ids=ids,
+        query_labels=labels[:6], gallery_labels=labels, report=False,
+    )  # fmt: skip
+    with torch.no_grad():
+        table = embed(model, gallery)
+    scores = similarity_matrix(table[:6], table, "euclidean")
+    scores[torch.arange(6), torch.arange(6)] = -torch.inf  # itself, skipped
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for record in run.records():
+        q = record["query"]
+        ranked = order[q].tolist()[:-1]  # the last one is the query itself
+        expected = [(r + 1, g) for r, g in enumerate(ranked) if labels[g] == labels[q]]
+        assert record["relevant"] == len(expected)
+        if expected:
+            first = record["first_true"]
+            assert (first["rank"], first["index"]) == expected[0]
+            missed = [(m["rank"], m["index"]) for m in record["missed"]]
+            assert missed == [t for t in expected if t[0] > 2]
+
+
 def test_report_limit_keeps_the_worst_queries(data):
     class Rows(HTMLParser):
         def __init__(self):
