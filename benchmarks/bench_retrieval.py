@@ -4,6 +4,7 @@ grows, 1 vs 2 processes, and top-1 accuracy on folders of real photos.
     python benchmarks/bench_retrieval.py growth --sizes 1000 4000 16000
     python benchmarks/bench_retrieval.py processes --gallery 4000
     python benchmarks/bench_retrieval.py photos
+    python benchmarks/bench_retrieval.py limit --gallery 2000 --queries 64
 
 ``growth``: synthetic images (a fixed number of queries against galleries of
 growing size), each size in a fresh process; reports pair maps per second,
@@ -13,6 +14,15 @@ CPU, NCCL on GPUs). ``photos``: writes a gallery of scikit-image's photos (one
 folder per photo) and queries made from them (mirrored crops, crops, darker
 copies), runs ``captum-sfam retrieve`` on them with the offline
 EfficientNet-Lite0 and reports how often top-1 is the query's own photo.
+``limit``: a whole run against its physical limit on the same image files
+(JPEG, decoded and resized by the same reader, same batch size and workers):
+the limit is one plain batched ``torch.no_grad()`` embedding pass over the
+gallery and the queries plus the forward passes of the explained pairs'
+neighbours (each batch's distinct neighbours once, as the run reads them);
+the run is ``explain_retrieval`` without the report (the report's time is
+measured apart). Each is timed ``--repeats`` times, alternating, and the
+fastest kept; the ratio and the run's time per kind of work (``summary.json``
+``time_by_kind_rank0``: read, embed, search, maps, write, ...) are printed.
 Results go to ``benchmarks/results/retrieval-<device>.json``.
 """
 
@@ -242,7 +252,9 @@ def photos(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["growth", "processes", "photos", "one"])
+    parser.add_argument(
+        "mode", choices=["growth", "processes", "photos", "limit", "one"]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--gallery", type=int, default=4000)
     parser.add_argument("--queries", type=int, default=64)
@@ -261,6 +273,8 @@ def main(argv=None) -> None:
         "per process can be much slower than one)",
     )
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--workers", type=int, default=0, help="limit: loader workers")
+    parser.add_argument("--repeats", type=int, default=3, help="limit: repeats")
     parser.add_argument("--out", default="bench-retrieval-run")
     parser.add_argument("--report-json")
     parser.add_argument("--photo-dir", default="bench-retrieval-photos")
@@ -271,18 +285,31 @@ def main(argv=None) -> None:
         with open(args.report_json, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         return
-    result = {"photos": photos, "growth": growth, "processes": processes}[args.mode](
-        args
-    )
+    modes = {"photos": photos, "growth": growth, "processes": processes}
+    if args.mode == "limit":
+        from bench_retrieval_limit import limit
+
+        result = limit(args, SmallEmbedding)
+    else:
+        result = modes[args.mode](args)
     print(json.dumps(result, indent=1))
     if args.save:
         RESULTS.mkdir(exist_ok=True)
         device = "gpu" if args.device.startswith("cuda") else "cpu"
         path = RESULTS / f"retrieval-{device}.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
-        saved[args.mode] = {
+        import datetime
+        import platform
+
+        import captum
+
+        key = args.mode if args.mode != "limit" else f"limit-workers{args.workers}"
+        saved[key] = {
             "command": "python benchmarks/bench_retrieval.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.date.today().isoformat(),
+            "python": platform.python_version(),
+            "captum": captum.__version__,
             "torch": torch.__version__,
             "threads": args.threads,
             "result": result,

@@ -13,6 +13,7 @@ any embedding. Reading is timed as "read" on the run's clock (:mod:`.timing`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -123,6 +124,11 @@ class ImageSource:
         self.num_workers = loader_workers if num_workers is None else num_workers
         #: pinned batches from the loader's workers (set for CUDA runs)
         self.pin_memory = False
+        #: decoded dataset items :meth:`take` keeps (least recently used
+        #: dropped first), so that the neighbours a batch reads for several
+        #: maps are decoded once; 0: none
+        self.cache_size = 0
+        self._cache: OrderedDict = OrderedDict()
         if ids is None:
             ids = getattr(data, "paths", None)
         if labels is None:
@@ -192,8 +198,21 @@ class ImageSource:
             if self.tensor is not None:
                 return self.tensor[torch.as_tensor(list(indices), dtype=torch.long)]
             assert self.dataset is not None
-            batch = self.collate_fn([self.dataset[i] for i in indices])
+            batch = self.collate_fn([self._item(i) for i in indices])
             return _image_of(batch, self.name)
+
+    def _item(self, index: int) -> Any:
+        """Dataset item ``index``, through the cache of :meth:`take`."""
+        if not self.cache_size:
+            return self.dataset[index]  # type: ignore[index]
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        item = self.dataset[index]  # type: ignore[index]
+        self._cache[index] = item
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return item
 
     def batches(self, numbers: Sequence[int]) -> Iterator[tuple[int, Tensor]]:
         """``(batch number, images)`` for each batch number, in order; datasets

@@ -292,6 +292,9 @@ class RunSettings:
             k = system.k
         k = 5 if k is None else k
         _check_member(model, layer, method, k, metric, contrast)
+        # a batch's neighbours (and a true match each) decoded once for all
+        # its maps: memory bounded by the batch, not the gallery
+        g_source.cache_size = q_source.batch_size * (k + 1)
         exclude = None
         if system is None:
             exclude = gallery_exclusions(q_source, g_source, exclude_same_id)
