@@ -203,28 +203,34 @@ def test_report_limit_keeps_the_worst_queries(data):
 
 # ------------------------------------------------------- contrastive maps ---
 def _check_wrong_contrast(data, method):
+    """Each wrong neighbour ranked above a true match: its contrastive map
+    against the first true match after it (from a full sort) equals
+    ``attribute(query, support=wrong, contrast=true)``; zero elsewhere."""
     checked = 0
     for record in data.records:
         maps = data.run.maps(record)
+        q = record["query"]
+        truths = data.true_ranks(q)
+        expected_pairs = {}
+        for n in record["neighbours"]:
+            after = [t for t in truths if t[0] > n["rank"]]
+            if n["label"] != record["label"] and after:
+                expected_pairs[n["rank"]] = after[0]
         wrong = record.get("wrong_above_true")
-        if wrong is None:
+        if not expected_pairs:
+            assert wrong is None
             if "wrong_contrast" in maps:
                 assert maps["wrong_contrast"].abs().max() == 0
             continue
-        first_rank = record["first_true"]["rank"]
-        ranks = [
-            n["rank"]
-            for n in record["neighbours"]
-            if n["label"] != record["label"] and n["rank"] < first_rank
-        ]
-        assert wrong["ranks"] == ranks and wrong["maps"] is True
-        q = record["query"]
-        true = data.gallery[record["first_true"]["index"]][None, None]
+        assert wrong["ranks"] == list(expected_pairs) and wrong["maps"] is True
+        given = [(t["rank"], t["index"]) for t in wrong["true"]]
+        assert given == list(expected_pairs.values())
         for n in record["neighbours"]:
             stored = maps["wrong_contrast"][n["rank"] - 1].float()
-            if n["rank"] not in ranks:
+            if n["rank"] not in expected_pairs:
                 assert stored.abs().max() == 0
                 continue
+            true = data.gallery[expected_pairs[n["rank"]][1]][None, None]
             expected = method.attribute(
                 data.queries[q : q + 1],
                 data.gallery[n["index"]][None, None],

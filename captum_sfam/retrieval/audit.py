@@ -46,11 +46,14 @@ class QueryAudit:
     ``first_true`` is (rank, gallery index, similarity) of its best-ranked
     true match (None when the gallery has none); ``missed`` the true matches
     beyond the explained list, best first (at most ``MISSED_LIMIT``);
-    ``positives`` and ``negatives`` the sampled similarities (float32).
+    ``true_matches`` every ranked true match, best first (the listed ones and
+    the best ``L + MISSED_LIMIT`` by similarity); ``positives`` and
+    ``negatives`` the sampled similarities (float32).
     """
 
     first_true: Optional[Tuple[int, int, float]]
     missed: List[Tuple[int, int, float]] = field(default_factory=list)
+    true_matches: List[Tuple[int, int, float]] = field(default_factory=list)
     positives: Tensor = field(default_factory=lambda: torch.zeros(0))
     negatives: Tensor = field(default_factory=lambda: torch.zeros(0))
 
@@ -181,10 +184,15 @@ def audit_batch(
         ):
             rank = places.get(item, max(count + 1, listed.shape[1] + 1))
             ranked.append((rank, item, value))
+        ranked += _listed_true(
+            settings, embeddings[row], gallery_table, listed[row], codes[row],
+            skip[row], {r[1] for r in ranked},
+        )  # fmt: skip
         ranked.sort()
         audit = QueryAudit(
             first_true=ranked[0] if ranked else None,
             missed=[r for r in ranked if r[0] > k][:MISSED_LIMIT],
+            true_matches=ranked,
             positives=_even(torch.cat(positives[row]).float().cpu(), SCORE_SAMPLE),
             negatives=negatives[row][negative_ok[row]].float().cpu(),
         )
@@ -192,23 +200,73 @@ def audit_batch(
     return results
 
 
+def _listed_true(
+    settings: RunSettings,
+    embedding: Tensor,
+    gallery_table: Tensor,
+    listed: Tensor,
+    code: Tensor,
+    skip: Tensor,
+    known: set,
+) -> List[Tuple[int, int, float]]:
+    """True matches in the query's list that the similarity scan did not
+    keep (a system's list can hold true matches the model ranks far down),
+    with their list rank."""
+    g_codes = _label_codes(settings)[0]
+    extra = [
+        (rank, int(item))
+        for rank, item in enumerate(listed.tolist(), start=1)
+        if int(g_codes[int(item)]) == int(code)
+        and int(item) != int(skip)
+        and int(item) not in known
+    ]
+    if not extra:
+        return []
+    rows = gallery_table[
+        torch.tensor([i for _, i in extra], device=gallery_table.device)
+    ]
+    values = similarities(embedding[None], rows.to(embedding.device), settings.metric)[
+        0
+    ]
+    return [(rank, item, float(v)) for (rank, item), v in zip(extra, values.tolist())]
+
+
+Match = Tuple[int, int, float]
+
+
 def wrong_above_true(
     settings: RunSettings, query: int, top: Sequence[int], audit: Optional[QueryAudit]
-) -> List[int]:
-    r"""The ranks (from 1) of the explained neighbours ``top`` of ``query``
-    that do not share its label and rank above its first true match; empty
-    without labels or true match."""
-    if audit is None or audit.first_true is None:
+) -> List[Tuple[int, Match]]:
+    r"""Each explained wrong neighbour of ``query`` ranked above a true match,
+    with the true match to contrast it with: the first true match ranked
+    after it.
+
+    Args:
+
+        settings (RunSettings): the run.
+        query (int): the query's index.
+        top (Sequence[int]): its explained neighbours (gallery indices, best
+                    first).
+        audit (QueryAudit, optional): its true matches.
+
+    Returns:
+        *list* of **(rank, true match)**: the wrong neighbour's rank (from 1)
+        and the (rank, gallery index, similarity) of the true match after
+        it; empty without labels or true match.
+    """
+    if audit is None or not audit.true_matches:
         return []
     labels = settings.gallery.labels
     label = settings.queries.labels[query]  # type: ignore[index]
     assert labels is not None
-    first = audit.first_true[0]
-    return [
-        rank
-        for rank, item in enumerate(top, start=1)
-        if rank < first and labels[int(item)] != label
-    ]
+    pairs = []
+    for rank, item in enumerate(top, start=1):
+        if labels[int(item)] == label:
+            continue
+        after = [t for t in audit.true_matches if t[0] > rank]
+        if after:
+            pairs.append((rank, after[0]))
+    return pairs
 
 
 def _item(settings: RunSettings, match: Tuple[int, int, float]) -> Dict[str, Any]:
@@ -235,18 +293,23 @@ def annotate(
     ``label``, ``similarity``); ``missed``: the true matches ranked after its
     k explained neighbours ``top``, best first (at most ``MISSED_LIMIT``,
     same fields); ``wrong_above_true``: ``ranks`` of the explained wrong
-    neighbours above the first true match, and either ``maps: true`` (the
-    shard's ``wrong_contrast_maps`` hold their contrastive maps) or
-    ``refusal``, why the member has none. Nothing is added without labels.
+    neighbours ranked above a true match, ``true`` the true match each is
+    contrasted with (the first ranked after it, same fields), and either
+    ``maps: true`` (the shard's ``wrong_contrast_maps`` hold their
+    contrastive maps) or ``refusal``, why the member has none. Nothing is
+    added without labels.
     """
     if audit is None or audit.first_true is None:
         return
     record["first_true"] = _item(settings, audit.first_true)
     record["missed"] = [_item(settings, match) for match in audit.missed]
-    ranks = wrong_above_true(settings, record["query"], top, audit)
-    if ranks:
+    pairs = wrong_above_true(settings, record["query"], top, audit)
+    if pairs:
         refusal = getattr(settings.method, "contrast_refusal", None)
-        wrong: Dict[str, Any] = {"ranks": ranks}
+        wrong: Dict[str, Any] = {
+            "ranks": [rank for rank, _ in pairs],
+            "true": [_item(settings, match) for _, match in pairs],
+        }
         wrong.update({"maps": True} if refusal is None else {"refusal": refusal})
         record["wrong_above_true"] = wrong
 

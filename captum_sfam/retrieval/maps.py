@@ -181,13 +181,13 @@ def wrong_contrast_maps(
     top: Tensor,
     audits: Sequence[Optional[QueryAudit]],
 ) -> Optional[Tensor]:
-    r"""Why each wrong neighbour rather than the query's first true match.
+    r"""Why each wrong neighbour rather than the true match ranked after it.
 
-    For query i and each wrong neighbour ranked above its first true match
-    (:func:`.audit.wrong_above_true`), the member's
-    ``attribute(query_i, support=wrong, contrast=true)``; forward-only
-    members do a batch in one ``attribute_pairs`` call (each image through the
-    network once).
+    For query i and each wrong neighbour ranked above a true match, the
+    first true match after it (:func:`.audit.wrong_above_true`): the
+    member's ``attribute(query_i, support=wrong, contrast=true)``.
+    Forward-only members do a batch in one ``attribute_pairs`` call, one row
+    per (query, true match) (each image through the network once).
 
     Returns:
         *Tensor* or *None*: (n, k, h, w), zero where a neighbour is not such
@@ -199,25 +199,25 @@ def wrong_contrast_maps(
         return None
     pairs: List[Tuple[int, int, int]] = []  # (row, column, true item)
     for row, audit in enumerate(audits):
-        ranks = wrong_above_true(settings, first_query + row, top[row].tolist(), audit)
-        assert audit is None or audit.first_true is not None or not ranks
-        pairs += [(row, r - 1, audit.first_true[1]) for r in ranks]  # type: ignore[union-attr]
+        found = wrong_above_true(settings, first_query + row, top[row].tolist(), audit)
+        pairs += [(row, rank - 1, true[1]) for rank, true in found]
     if not pairs:
         return None
     relu = settings.relu_attributions
     if isinstance(method, ForwardPairAttribution):
-        rows = sorted({p[0] for p in pairs})
-        wrong = sorted({int(top[p[0], p[1]]) for p in pairs})
-        truth = {p[0]: p[2] for p in pairs}
-        contrast = gallery.take([truth[r] for r in rows]).to(device)[:, None]
+        rows = sorted({(r, t) for r, _, t in pairs})  # (query row, true item)
+        wrong = sorted({int(top[r, c]) for r, c, _ in pairs})
+        contrast = gallery.take([t for _, t in rows]).to(device)[:, None]
         maps = method.attribute_pairs(
-            images[torch.tensor(rows, device=images.device)],
+            images[torch.tensor([r for r, _ in rows], device=images.device)],
             gallery.take(wrong).to(device), relu_attributions=relu,
             forward_batch_size=settings.batch_size, contrast=contrast,
         )[:, :, 0]  # fmt: skip
-        where_row = {r: i for i, r in enumerate(rows)}
+        where_row = {key: i for i, key in enumerate(rows)}
         where_item = {g: j for j, g in enumerate(wrong)}
-        values = [maps[where_row[r], where_item[int(top[r, c])]] for r, c, _ in pairs]
+        values = [
+            maps[where_row[(r, t)], where_item[int(top[r, c])]] for r, c, t in pairs
+        ]
     else:
         values = []
         for start in range(0, len(pairs), settings.batch_size):

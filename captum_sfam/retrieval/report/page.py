@@ -128,10 +128,12 @@ class Rows:
             item.get("label", ""),
         ]
         wrong = record.get("wrong_above_true", {})
-        if "wrong_contrast" in maps and rank in wrong.get("ranks", []) and first:
+        ranks = wrong.get("ranks", [])
+        if "wrong_contrast" in maps and rank in ranks:
+            true = wrong["true"][ranks.index(rank)] if "true" in wrong else first
             w_file = f"thumbs/{name}-r{rank:02d}-wrong.png"
             save_png(overlay(query_picture, maps["wrong_contrast"][j]), out / w_file)
-            why = f"why #{rank} (wrong) rather than the true #{first['rank']}"
+            why = f"why #{rank} (wrong) rather than the true #{true['rank']}"
             parts.append(img(w_file, f"query {q}: {why}", "wrong-contrast-map"))
             lines.append(why)
         button = ""
