@@ -353,6 +353,26 @@ def test_recall_at_r_counts_first_true_ranks():
     np.testing.assert_allclose(recall_at(ranks, 4), [0.25, 0.25, 0.75, 0.75])
 
 
+def test_curve_samples_are_weighted_and_bounded(data, monkeypatch):
+    from captum_sfam.retrieval.report import curves
+
+    rows = {}
+    for record in data.records:
+        if record.get("relevant"):
+            where = record["maps"]
+            rows.setdefault(where["file"], []).append(
+                (where["row"], record["relevant"])
+            )
+    samples = curves.read_samples(data.out, rows, len(data.gallery))
+    # each query's true samples stand for its R true pairs, its false ones
+    # for its M - R false pairs
+    total = sum(w.sum() for w, p in zip(samples.weights, samples.positive) if p[0])
+    assert total == pytest.approx(sum(r["relevant"] for r in data.records))
+    monkeypatch.setattr(curves, "MAX_CURVE_QUERIES", 2)
+    few = curves.read_samples(data.out, rows, len(data.gallery))
+    assert sum(1 for p in few.positive if p[0]) <= 2
+
+
 def test_summary_plots_exist(data):
     page = (data.out / "index.html").read_text()
     for name in ("recall", "roc", "pr", "similarities"):

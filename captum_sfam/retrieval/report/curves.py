@@ -23,6 +23,8 @@ import numpy as np
 from ..._optional import require_extra
 
 Curve = Tuple[np.ndarray, np.ndarray]
+#: the curves read the samples of at most this many queries (evenly spaced)
+MAX_CURVE_QUERIES = 20_000
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> Curve:
@@ -102,13 +104,22 @@ def read_samples(
 
     Args:
         out (Path): the run directory.
-        rows (dict): shard file -> [(row, R)] of each labelled query.
+        rows (dict): shard file -> [(row, R)] of each labelled query (at
+                    most ``MAX_CURVE_QUERIES`` of them are read, evenly
+                    spaced in query order, so memory stays bounded).
         gallery (int): M, the gallery's size.
     """
     from safetensors import safe_open
 
     samples = Samples()
+    total = sum(len(wanted) for wanted in rows.values())
+    step = max(1, -(-total // MAX_CURVE_QUERIES))  # every step-th query
+    seen = 0
     for name, wanted in rows.items():
+        wanted = [w for i, w in enumerate(wanted, start=seen) if i % step == 0]
+        seen += len(rows[name])
+        if not wanted:
+            continue
         with safe_open(str(out / name), framework="np") as handle:
             keys = set(handle.keys())
             if "positive_offsets" not in keys:
