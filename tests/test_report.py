@@ -3,6 +3,7 @@ maps of wrong matches above a true one, point maps, curves, plots."""
 
 from __future__ import annotations
 
+import base64
 import json
 from html.parser import HTMLParser
 
@@ -307,9 +308,15 @@ def test_point_maps_are_float16_and_equal_point_map(data):
     text = (data.out / "pairs").glob("*.js").__next__().read_text()
     assert text.startswith("sfamPair(")
     payload = json.loads(text[text.index("{") : text.rindex("}") + 1])
-    assert (
-        len(payload["s"]) == payload["h"] * payload["w"] * payload["h2"] * payload["w2"]
-    )
+    identifier = text[len("sfamPair(") :].split(",")[0].strip('"')
+    q, rank = int(identifier[1:7]), int(identifier[-2:])
+    record = next(r for r in data.records if r["query"] == q)
+    scores = data.run.maps(record)["points"][rank - 1].float().numpy()
+    levels = np.frombuffer(base64.b64decode(payload["u8"]), dtype=np.uint8)
+    decoded = payload["low"] + (payload["high"] - payload["low"]) * levels / 255
+    assert (payload["h"], payload["w"], payload["h2"], payload["w2"]) == scores.shape
+    span = scores.max() - scores.min()
+    np.testing.assert_allclose(decoded, scores.ravel(), atol=span / 510 + 1e-6)
 
 
 # ------------------------------------------------------------ the curves ---

@@ -4,10 +4,10 @@ The script (plain JavaScript, no library) sorts the query rows and runs the
 correspondence viewer: opening a pair injects a ``<script>`` tag for its
 ``pairs/<pair>.js`` file (``fetch`` of ``file://`` URLs is blocked by
 Chromium, a script tag is not), which calls ``sfamPair(id, data)`` with the
-pair's point-to-point scores at the layer's resolution (``s``, row-major
-(h, w, h', w')). Hovering or tapping a cell of the query paints that cell's
-scores over the neighbour (min-max scaled, the maps' blue-to-red colours),
-and the other way round.
+pair's point-to-point scores at the layer's resolution (quantised, see
+:mod:`.pairs`; decoded to ``s``, row-major (h, w, h', w')). Hovering or
+tapping a cell of the query paints that cell's scores over the neighbour
+(min-max scaled, the maps' blue-to-red colours), and the other way round.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ SCRIPT = r"""
   const pairs = {};
   const pending = {};
   window.sfamPair = function (id, data) {
+    const bytes = atob(data.u8);
+    const span = (data.high - data.low) / 255;
+    data.s = new Float32Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) {
+      data.s[i] = data.low + span * bytes.charCodeAt(i);
+    }
     pairs[id] = data;
     if (pending[id]) { pending[id](data); delete pending[id]; }
   };
@@ -125,7 +131,7 @@ SCRIPT = r"""
     let values;
     if (side === "query") {
       const start = (cell[0] * d.w + cell[1]) * size;
-      values = d.s.slice(start, start + size);
+      values = Array.from(d.s.slice(start, start + size));
     } else {
       const column = cell[0] * d.w2 + cell[1];
       values = [];
