@@ -17,8 +17,9 @@ import torch
 
 from ...metrics.correspondence import TRANSFORMS
 from .measures import correspondence_setting, evaluate
+from .part_swap import part_swap_setting
 from .settings import CHOICES, LABELS, PHOTOS, SETTINGS, correspondence_photos
-from .tables import PCK_HEADERS, format_table, write
+from .tables import PART_SWAP_HEADERS, PCK_HEADERS, format_table, write
 
 #: the ``--help`` description
 DESCRIPTION = "Benchmark of every pair-attribution method, with ground truth, offline."
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         report["settings"]["correspondence"] = {"model": info, "methods": summary}
         texts.append(format_table(title, summary, PCK_HEADERS))
         seconds["correspondence"] = _done("correspondence", began, args)
+    if "part-swap" in args.settings:
+        began = time.perf_counter()
+        for key, title, info, summary in part_swap_setting(args):
+            report["settings"][f"part-swap/{key}"] = {"model": info, "methods": summary}
+            texts.append(format_table(title, summary, PART_SWAP_HEADERS))
+        seconds["part-swap"] = _done("part-swap", began, args)
     report["seconds"] = time.perf_counter() - start
     report["seconds_per_setting"] = seconds
     report["tables"] = texts
@@ -78,9 +85,9 @@ def _done(key: str, began: float, args: argparse.Namespace) -> float:
 #: the sizes of the default run (a few minutes on 2 cores) and of ``--full``
 SIZES = {
     "default": {"episodes": 40, "pairs": 40, "scenes": 16, "photo_pairs": 8,
-                "pck_photos": 2},
+                "pck_photos": 2, "swap_pairs": 10, "swap_photos": 3},
     "full": {"episodes": 100, "pairs": 100, "scenes": 40, "photo_pairs": 20,
-             "pck_photos": 5},
+             "pck_photos": 5, "swap_pairs": 40, "swap_photos": 12},
 }  # fmt: skip
 
 
@@ -97,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--scenes", "scenes", "two-object scenes"),
         ("--photo-pairs", "photo_pairs", "(c) composites"),
         ("--pck-photos", "pck_photos", "(d) photos (1 to 5), 3 pairs each"),
+        ("--swap-pairs", "swap_pairs", "(e) part-swap triples per demo model"),
+        ("--swap-photos", "swap_photos", "(e) part-swap photo triples"),
     ):
         numbers = sizes.format(SIZES["default"][name], SIZES["full"][name])
         parser.add_argument(flag, type=int, default=None, help=f"{text}; {numbers}")
@@ -135,7 +144,7 @@ def main_args(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     if args.quick:
         args.episodes, args.pairs, args.scenes, args.photo_pairs = 3, 3, 2, 2
-        args.pck_photos = 1
+        args.pck_photos, args.swap_pairs, args.swap_photos = 1, 2, 1
         args.steps, args.train_steps = (
             4,
             args.train_steps if args.train_steps < 200 else 3,

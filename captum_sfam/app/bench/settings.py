@@ -240,7 +240,7 @@ LABELS = {
     "photos": "(c) photos",
 }
 #: the values of ``--settings``
-CHOICES = [*SETTINGS, "correspondence"]
+CHOICES = [*SETTINGS, "correspondence", "part-swap"]
 
 
 __all__ = [

@@ -29,8 +29,14 @@ HEADERS = {
 }
 #: the columns of setting (d)
 PCK_HEADERS = {**{t: f"PCK@1 {t}" for t in TRANSFORMS}, "pck": "PCK@1 mean"}
+#: the columns of setting (e), the part-swap game
+PART_SWAP_HEADERS = {
+    "pointing": "Point %",
+    "mass": "Mass %",
+    "flip": "Flip % (lower better)",
+}
 #: the columns shown as percentages
-PERCENT = ("iou", "acc50", "pointing", "pck", *TRANSFORMS)
+PERCENT = ("iou", "acc50", "pointing", "pck", *TRANSFORMS, "mass", "flip")
 
 
 def format_table(
@@ -87,4 +93,4 @@ def write(report: Dict[str, object], out: Path) -> None:
     (out / "bench.md").write_text("\n\n".join(report["tables"]) + "\n")  # type: ignore[arg-type]
 
 
-__all__ = ["HEADERS", "PCK_HEADERS", "format_table", "write"]
+__all__ = ["HEADERS", "PART_SWAP_HEADERS", "PCK_HEADERS", "format_table", "write"]
