@@ -23,6 +23,7 @@ from ._engine.model import (
     warn_if_classifier,
 )
 from ._engine.pairs import group_by_label
+from ._engine.references import same_width
 from ._engine.taps import GridTap, modules_of, taps_and_checks
 from .functional.similarity import (
     COSINE_EPS,
@@ -287,7 +288,7 @@ class SimilarityTarget(Module):
         emb = select_embedding(output, self.embedding_func)
         if torch.is_grad_enabled() and not emb.requires_grad:
             self._check_autograd(inputs)
-        if emb.shape[-1] != self.references.shape[-1]:
+        if same_width(self.metric) and emb.shape[-1] != self.references.shape[-1]:
             raise ValueError(
                 f"references have width {self.references.shape[-1]} but "
                 f"embedding_model gives embeddings of width {emb.shape[-1]}: "

@@ -306,9 +306,9 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
         return finalize_maps(maps, relu_attributions, acts.dtype).unsqueeze(2)
 
     def _check_embeddings(self, emb: Tensor, refs: ReferencePairs) -> None:
-        check_width(emb, refs.references, "references")
+        check_width(emb, refs.references, "references", self.metric)
         if refs.contrast is not None:
-            check_width(emb, refs.contrast, "contrast")
+            check_width(emb, refs.contrast, "contrast", self.metric)
 
     def _reference_score(
         self, emb: Tensor, reference: Tensor, contrast: Optional[Tensor]

@@ -60,10 +60,21 @@ def check_references(references: object, name: str = "references") -> Tensor:
     return references.detach()
 
 
-def check_width(embeddings: Tensor, references: Tensor, name: str) -> None:
-    """``ValueError`` naming ``name`` when the widths or devices differ from
-    the queries' embeddings."""
-    if references.shape[-1] != embeddings.shape[-1]:
+def same_width(metric: object) -> bool:
+    """Whether ``metric`` compares embeddings of one width: "cosine",
+    "euclidean", or a callable declaring ``requires_same_width = True`` (a
+    learned callable may compare other widths)."""
+    return isinstance(metric, str) or bool(
+        getattr(metric, "requires_same_width", False)
+    )
+
+
+def check_width(
+    embeddings: Tensor, references: Tensor, name: str, metric: object = "cosine"
+) -> None:
+    """``ValueError`` naming ``name`` when the widths (for a ``metric`` of one
+    width) or the devices differ from the queries' embeddings."""
+    if same_width(metric) and references.shape[-1] != embeddings.shape[-1]:
         raise ValueError(
             f"{name} have width {references.shape[-1]} but forward_func gives "
             f"embeddings of width {embeddings.shape[-1]}: pass embeddings of "

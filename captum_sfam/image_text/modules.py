@@ -11,6 +11,9 @@ from torch import Tensor, nn
 class ModelScore:
     r"""Row-wise score :math:`t \cos(a_p, b_p) + b` of two (..., D) batches."""
 
+    #: embeddings of one width (checked by the members, naming the argument)
+    requires_same_width = True
+
     def __init__(self, logit_scale: float, logit_bias: Optional[float]) -> None:
         self.logit_scale, self.logit_bias = logit_scale, logit_bias
 
