@@ -178,6 +178,31 @@ def test_leave_one_out_ranks_skip_the_query_itself(tmp_path):
             assert missed == [t for t in expected if t[0] > 2]
 
 
+def test_a_systems_lists_keep_their_ranks(tmp_path):
+    """With your system's neighbours, a listed true match keeps its place in
+    the list (even when the model ranks it far down); the wrong ones above it
+    are contrasted with it."""
+    model = TinyCNN().eval()
+    queries, gallery = _images(2, 1), _images(8, 2)
+    labels = ["a", "a", "b", "b", "b", "b", "b", "b"]
+    q_ids, g_ids = ["q0", "q1"], [f"g{i}" for i in range(8)]
+    lists = {"q0": ["g2", "g3", "g1"], "q1": ["g0", "g4", "g5"]}
+    run = explain_retrieval(
+        model, model.features, queries, gallery, tmp_path, "sfam",
+        metric="euclidean", query_ids=q_ids, gallery_ids=g_ids,
+        query_labels=["a", "b"], gallery_labels=labels, neighbours=lists,
+        report=False,
+    )  # fmt: skip
+    first, second = run.records()
+    assert [n["id"] for n in first["neighbours"]] == lists["q0"]
+    assert first["first_true"]["rank"] == 3 and first["first_true"]["id"] == "g1"
+    assert first["wrong_above_true"]["ranks"] == [1, 2]
+    assert [t["id"] for t in first["wrong_above_true"]["true"]] == ["g1", "g1"]
+    assert [m["id"] for m in first["missed"]] == ["g0"]  # not listed
+    assert first["missed"][0]["rank"] >= 4
+    assert second["first_true"]["rank"] == 2  # g4, listed second
+
+
 def test_report_limit_keeps_the_worst_queries(data):
     class Rows(HTMLParser):
         def __init__(self):
