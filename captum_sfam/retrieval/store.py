@@ -245,8 +245,9 @@ def load_maps(
         neighbour, best first; ``"neighbours"`` (k, h', w'), each neighbour's
         map; ``"contrast"`` (h, w) when the run made contrastive maps;
         ``"points"`` (k, h, w, h', w'), each pair's point-to-point scores;
-        ``"wrong_contrast"`` (k, h, w), why each wrong neighbour above the
-        first true match rather than it (zero elsewhere), when there is one.
+        ``"wrong_contrast"`` (k, h, w), why each wrong neighbour ranked
+        above a true match rather than the first true match after it (zero
+        elsewhere), when there is one.
         Layer resolution: upsample with ``LayerAttribution.interpolate``.
 
     Examples::

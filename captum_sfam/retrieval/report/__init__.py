@@ -13,8 +13,9 @@ and shows:
   first true rank, margin);
 - for each query its top-k, each neighbour with its map (green frame: a true
   match, red: a wrong one) and the query's map for the pair; for a wrong
-  neighbour ranked above the first true match, the contrastive map "why this
-  wrong match rather than the true one"; the true matches the query missed
+  neighbour ranked above a true match, the contrastive map "why this wrong
+  match rather than the true one" (the first true match after it); the true
+  matches the query missed
   (ranked after its k neighbours) with their ranks;
 - a "point to point" button per pair: the pair's correspondences
   (``pairs/<pair>.js``, loaded when opened, :mod:`.pairs`), where hovering
@@ -156,9 +157,9 @@ def write_report(
         f"gallery images, top {settings.get('k', '?')}; showing the worst "
         f"{len(records)}, worst first. In each neighbour cell: the neighbour "
         "with its map (top), the query with its map for that pair (bottom); a "
-        "wrong neighbour ranked above the first true match adds the query's "
-        "contrastive map (dashed red): why this wrong match rather than the true "
-        "one. Maps are min-max scaled per image, blue (low) to red (high); a "
+        "wrong neighbour ranked above a true match adds the query's contrastive "
+        "map (dashed red): why this wrong match rather than the first true match "
+        "after it. Maps are min-max scaled per image, blue (low) to red (high); a "
         "green frame marks a neighbour with the query's label, red one without. "
         "'point to point' opens the pair's correspondences. All results: "
         "results.jsonl; maps: maps/*.safetensors."
