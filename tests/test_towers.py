@@ -205,6 +205,10 @@ def test_a_tokenizer_of_another_model_is_refused():
         tw.encode_text(torch.full((1, 16), 500, dtype=torch.long))
     with pytest.raises(TypeError, match="tokenizer"):
         two_tower(open_clip_model("vit"), tokenizer=object())
+    with pytest.raises(ValueError, match="context of 77 tokens"):
+        two_tower(open_clip_model("vit"), open_clip.get_tokenizer("ViT-B-32"))
+    with pytest.raises(ValueError, match="context of 12 tokens"):
+        two_tower(hf_model("siglip"), hf_tokenizer(context=12))
 
 
 def test_bad_embeddings_name_the_argument():

@@ -25,6 +25,8 @@ class TextCodec:
     vocab_size: Optional[int]
     #: pool at the end token: a truncated text keeps it last
     keep_last_on_truncation: bool = True
+    #: the context the tokenizer was made for, when it says (None: any)
+    context_length: Optional[int] = None
 
 
 def codec(tokenizer: Any) -> TextCodec:
@@ -59,9 +61,11 @@ def _simple(tok: Any) -> TextCodec:
     def decode(index: int) -> str:
         return str(decoder.get(index, f"<{index}>")).replace("</w>", "")
 
+    context = getattr(tok, "context_length", None)
     return TextCodec(
-        encode, decode, 0, frozenset({start, end, 0}), len(tok.encoder), True
-    )
+        encode, decode, 0, frozenset({start, end, 0}), len(tok.encoder), True,
+        int(context) if isinstance(context, int) else None,
+    )  # fmt: skip
 
 
 def _hugging_face(tok: Any) -> TextCodec:
@@ -83,4 +87,8 @@ def _hugging_face(tok: Any) -> TextCodec:
         token = tok.convert_ids_to_tokens(int(index))
         return str(token).replace("</w>", "").replace("\u2581", "")
 
-    return TextCodec(encode, decode, int(pad), specials, len(tok), True)
+    context = getattr(tok, "model_max_length", None)  # 1e30 when unset
+    known = isinstance(context, int) and 0 < context < 100_000
+    return TextCodec(
+        encode, decode, int(pad), specials, len(tok), True, context if known else None
+    )

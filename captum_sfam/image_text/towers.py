@@ -293,10 +293,18 @@ def two_tower(model: Any, tokenizer: Any = None) -> TwoTower:
     )
 
 
-def _codec_fields(tokenizer: Any, vocab: Optional[int], name: str) -> Dict[str, Any]:
+def _codec_fields(
+    tokenizer: Any, vocab: Optional[int], name: str, context: int
+) -> Dict[str, Any]:
     if tokenizer is None:
         return dict(encode=None, decode=str, pad_token_id=0, special_token_ids=())
     text = codec(tokenizer)
+    if text.context_length is not None and text.context_length != context:
+        raise ValueError(
+            f"tokenizer is made for a context of {text.context_length} tokens "
+            f"but the text tower of {name} reads {context}: the tokenizer does "
+            "not match the model; pass the model's own tokenizer"
+        )
     if vocab is not None and text.vocab_size is not None and text.vocab_size > vocab:
         raise ValueError(
             f"tokenizer has {text.vocab_size} tokens but the text tower of {name} "
@@ -318,10 +326,12 @@ def _scalar(value: Any, exp: bool) -> Optional[float]:
 
 
 def _open_clip(model: nn.Module, tokenizer: Any) -> TwoTower:
+    text = getattr(model, "text", None)  # CustomTextCLIP
+    context = int(getattr(model, "context_length", None) or text.context_length)
     if tokenizer is None:
         import open_clip  # the OpenAI CLIP BPE tokenizer ships with open_clip
 
-        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=context)
     visual = model.visual
     resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if resblocks is not None:  # ViT: a class token unless the tower pools
@@ -334,13 +344,11 @@ def _open_clip(model: nn.Module, tokenizer: Any) -> TwoTower:
     else:  # ModifiedResNet: its four stages
         blocks = [getattr(visual, f"layer{i}") for i in range(1, 5)]
         token, norms = False, blocks
-    text = getattr(model, "text", None)  # CustomTextCLIP
     embedding = getattr(model, "token_embedding", None) or getattr(
         text, "token_embedding", None
     )
     if not isinstance(embedding, nn.Module):
         raise TypeError("model: open_clip text tower without a token_embedding")
-    context = int(getattr(model, "context_length", None) or text.context_length)
     vocab = getattr(model, "vocab_size", None) or getattr(text, "vocab_size", None)
     return TwoTower(
         visual, Tower(model, lambda m, ids: m.encode_text(ids)), embedding,
@@ -350,7 +358,7 @@ def _open_clip(model: nn.Module, tokenizer: Any) -> TwoTower:
         blocks=blocks, default_layer=norms[-1] if token else blocks[-1],
         map_layers=norms if token else blocks,
         name=f"open_clip {type(model).__name__}",
-        **_codec_fields(tokenizer, vocab, "the model"),
+        **_codec_fields(tokenizer, vocab, "the model", context),
     )  # fmt: skip
 
 
@@ -375,5 +383,7 @@ def _hugging_face(model: nn.Module, tokenizer: Any) -> TwoTower:
         blocks=blocks, default_layer=norms[-1] if token else blocks[-1],
         map_layers=norms if token else blocks,
         name=f"Hugging Face {type(model).__name__}",
-        **_codec_fields(tokenizer, vocab, "the model"),
+        **_codec_fields(
+            tokenizer, vocab, "the model", int(text_config.max_position_embeddings)
+        ),
     )  # fmt: skip
