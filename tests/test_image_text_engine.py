@@ -223,3 +223,19 @@ def test_model_untouched_by_reference_calls(cls, train):
     assert model.training is train
     for t in out:
         assert torch.isfinite(t).all() and not t.requires_grad
+
+
+@pytest.mark.parametrize("cls", GRADIENT)
+def test_layer_input_with_references_equals_the_previous_layer_output(cls):
+    model = TinyCNN(negative=True).eval()
+    q, refs = images(2, 3, 16, 16), images(3, 5, seed=1)
+    on_input = cls(model, model.features, metric="cosine")
+    on_stem = cls(model, model.stem, metric="cosine")
+    torch.testing.assert_close(
+        on_input.attribute(q, references=refs[:2], attribute_to_layer_input=True),
+        on_stem.attribute(q, references=refs[:2]),
+    )
+    torch.testing.assert_close(
+        on_input.attribute_pairs(q, refs, attribute_to_layer_input=True),
+        on_stem.attribute_pairs(q, refs),
+    )

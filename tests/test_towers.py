@@ -11,7 +11,7 @@ import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from captum_sfam import LayerCGRAM
+from captum_sfam import LayerCGRAM, LayerSFAM
 from captum_sfam.image_text import LayerMultiBlockGrad, TwoTower, two_tower
 from captum_sfam.methods import REGISTRY
 
@@ -166,6 +166,10 @@ def test_real_architectures_vit_b_32_and_rn50_weight_free():
             torch.rand(1, 3, 224, 224), references=texts
         )
         assert maps.shape == (1, 1, 7, 7) and maps.abs().sum() > 0
+        sfam = LayerSFAM(tw.image_model, tw.default_layer, metric="cosine")
+        assert sfam.attribute(
+            torch.rand(1, 3, 224, 224), torch.rand(1, 3, 224, 224)
+        ).shape == (1, 1, 7, 7)
 
 
 # ------------------------------------------------------------- the text ---
