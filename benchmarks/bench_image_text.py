@@ -209,13 +209,14 @@ def main() -> None:
             timespec="seconds"
         ),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "versions": {
+        "machine": {  # the keys docs/benchmarks/generate.py reads
             "torch": torch.__version__,
             "captum": captum.__version__,
             "open_clip": open_clip.__version__,
             "python": platform.python_version(),
+            "device": f"cpu ({platform.machine()})",
+            "threads": args.threads,
         },
-        "machine": platform.machine(),
         "settings": {
             k: getattr(args, k)
             for k in ("model", "queries", "texts", "blocks", "repeat", "threads")

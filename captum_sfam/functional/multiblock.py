@@ -37,7 +37,7 @@ def block_map(activations: Tensor, gradients: Tensor) -> Tensor:
 def multiblock_map(
     activations: Sequence[Tensor], gradients: Sequence[Tensor], normalize: bool = True
 ) -> Tensor:
-    r"""The mean over blocks of :func:`block_map` (each resized to the finest
+    r"""The mean over blocks of ``block_map`` (each resized to the finest
     grid), min-max normalised per map with ``normalize`` (a constant map
     gives zeros). Inputs (..., N_l, h_l, w_l); output (..., h, w)."""
     maps = [block_map(a, g) for a, g in zip(activations, gradients)]

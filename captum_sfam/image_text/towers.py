@@ -51,9 +51,9 @@ class TwoTower:
             block / stage when ``None``; the adapters give the last block's
             first norm for towers that pool the class token, whose last
             block's patch tokens do not reach the embedding).
-        map_layers: the layers :class:`~captum_sfam.image_text.
-            LayerMultiBlockGrad` aggregates by default (``blocks`` when
-            ``None``; the blocks' first norms for class-token towers).
+        map_layers: the layers ``LayerMultiBlockGrad`` aggregates by
+            default (``blocks`` when ``None``; the blocks' first norms for
+            class-token towers).
         keep_last_on_truncation: a truncated text keeps its last id (the
             end token the tower pools at) in the last position.
         name: a label for messages.
