@@ -231,7 +231,11 @@ def clip_loss(logits: Tensor) -> Tensor:
 
 
 def train(
-    steps: int = STEPS, seed: int = 0, batch: int = 128, log: Optional[list] = None
+    steps: int = STEPS,
+    seed: int = 0,
+    batch: int = 128,
+    log: Optional[list] = None,
+    data: Optional[Tuple[Tensor, List[str]]] = None,
 ) -> SyntheticCLIP:
     r"""Trains :class:`SyntheticCLIP` from scratch with :func:`clip_loss`.
 
@@ -240,12 +244,27 @@ def train(
         seed (int): the data and the initialisation. Default: 0
         batch (int): image–caption pairs per step. Default: 128
         log (list, optional): receives the loss of every step.
+        data (tuple, optional): images and captions. Default:
+                    :func:`training_data` ``(seed)``
 
     Returns:
-        the model, in eval mode.
+        the model, in eval mode. It trains on one intra-op thread (the
+        model is small: more threads only wait on each other on a busy
+        machine); the caller's thread count is restored.
     """
+    with _one_thread():
+        return _train(steps, seed, batch, log, data)
+
+
+def _train(
+    steps: int,
+    seed: int,
+    batch: int,
+    log: Optional[list],
+    data: Optional[Tuple[Tensor, List[str]]],
+) -> SyntheticCLIP:
     torch.manual_seed(seed)
-    images, captions = training_data(seed)
+    images, captions = _training_data(seed, 8, 1500) if data is None else data
     ids = tokenize(captions)
     model = SyntheticCLIP()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
