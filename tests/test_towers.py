@@ -197,6 +197,12 @@ def test_hugging_face_tokenizer_is_the_users():
     assert tw.pad_token_id == 0 and {0, 2, 3} <= set(tw.special_token_ids)
     with pytest.raises(ValueError, match="tokenizer"):
         two_tower(hf_model("clip")).tokenize(["a cat"])  # none given
+    siglip_like = hf_tokenizer()
+    siglip_like.pad_token = "</s>"  # SigLIP pads with its end token
+    tw = two_tower(hf_model("siglip"), siglip_like)
+    ids = tw.tokenize(["a cat"])
+    assert ids[0, 3:].eq(3).all()
+    assert tw.tokens(ids) == [["<s>", "a", "cat", "</s>"]]
 
 
 def test_a_tokenizer_of_another_model_is_refused():

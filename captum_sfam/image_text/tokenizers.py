@@ -27,6 +27,8 @@ class TextCodec:
     keep_last_on_truncation: bool = True
     #: the context the tokenizer was made for, when it says (None: any)
     context_length: Optional[int] = None
+    #: the end token's id
+    end_token_id: Optional[int] = None
 
 
 def codec(tokenizer: Any) -> TextCodec:
@@ -64,7 +66,7 @@ def _simple(tok: Any) -> TextCodec:
     context = getattr(tok, "context_length", None)
     return TextCodec(
         encode, decode, 0, frozenset({start, end, 0}), len(tok.encoder), True,
-        int(context) if isinstance(context, int) else None,
+        int(context) if isinstance(context, int) else None, end,
     )  # fmt: skip
 
 
@@ -90,5 +92,6 @@ def _hugging_face(tok: Any) -> TextCodec:
     context = getattr(tok, "model_max_length", None)  # 1e30 when unset
     known = isinstance(context, int) and 0 < context < 100_000
     return TextCodec(
-        encode, decode, int(pad), specials, len(tok), True, context if known else None
-    )
+        encode, decode, int(pad), specials, len(tok), True,
+        context if known else None, tok.eos_token_id,
+    )  # fmt: skip

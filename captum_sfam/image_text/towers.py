@@ -56,6 +56,8 @@ class TwoTower:
             class-token towers).
         keep_last_on_truncation: a truncated text keeps its last id (the
             end token the tower pools at) in the last position.
+        end_token_id: the end token's id (``tokens`` keeps one trailing
+            padding id when it is also the end token).
         name: a label for messages.
     """
 
@@ -77,6 +79,7 @@ class TwoTower:
         default_layer: Optional[nn.Module] = None,
         map_layers: Optional[Sequence[nn.Module]] = None,
         keep_last_on_truncation: bool = True,
+        end_token_id: Optional[int] = None,
         name: str = "two-tower model",
     ) -> None:
         self.image_model = image_model
@@ -100,6 +103,7 @@ class TwoTower:
             self.blocks if map_layers is None else map_layers
         )
         self.keep_last_on_truncation = keep_last_on_truncation
+        self.end_token_id = end_token_id
         self.name = name
 
     def __repr__(self) -> str:
@@ -180,20 +184,17 @@ class TwoTower:
             )
 
     def tokens(self, ids: Tensor) -> List[List[str]]:
-        """Token strings of each row of ``ids`` (T, L), padding dropped (the
-        first pad after the end token ends a row)."""
+        """Token strings of each row of ``ids`` (T, L), the trailing padding
+        dropped (when the end token is the padding token, as in SigLIP, one
+        is kept: the text's own end)."""
         out = []
         for row in ids.tolist():
-            strings = []
-            for i, t in enumerate(row):
-                if (
-                    t == self.pad_token_id
-                    and i > 0
-                    and all(u == self.pad_token_id for u in row[i:])
-                ):
-                    break
-                strings.append(self._decode(int(t)))
-            out.append(strings)
+            end = len(row)
+            while end > 1 and row[end - 1] == self.pad_token_id:
+                end -= 1
+            if end < len(row) and self.end_token_id == self.pad_token_id:
+                end += 1
+            out.append([self._decode(int(t)) for t in row[:end]])
         return out
 
     def _as_ids(self, texts) -> Tensor:
@@ -315,6 +316,7 @@ def _codec_fields(
         encode=text.encode, decode=text.decode, pad_token_id=text.pad_token_id,
         special_token_ids=text.special_token_ids,
         keep_last_on_truncation=text.keep_last_on_truncation,
+        end_token_id=text.end_token_id,
     )  # fmt: skip
 
 
