@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ...metrics.correspondence import TRANSFORMS
+from .image_text import image_text_setting
 from .measures import correspondence_setting, evaluate
 from .part_swap import part_swap_setting
 from .settings import CHOICES, LABELS, PHOTOS, SETTINGS, correspondence_photos
@@ -68,6 +69,12 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
             report["settings"][f"part-swap/{key}"] = {"model": info, "methods": summary}
             texts.append(format_table(title, summary, PART_SWAP_HEADERS))
         seconds["part-swap"] = _done("part-swap", began, args)
+    if "image-text" in args.settings:
+        began = time.perf_counter()
+        result = image_text_setting(args)
+        report["settings"]["image-text"] = result
+        texts.extend(result["tables"])
+        seconds["image-text"] = _done("image-text", began, args)
     report["seconds"] = time.perf_counter() - start
     report["seconds_per_setting"] = seconds
     report["tables"] = texts
@@ -116,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=CHOICES,
-        choices=CHOICES,
+        default=[*CHOICES, "image-text"],
+        choices=[*CHOICES, "image-text"],
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
