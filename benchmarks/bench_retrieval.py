@@ -4,7 +4,8 @@ grows, 1 vs 2 processes, and top-1 accuracy on folders of real photos.
     python benchmarks/bench_retrieval.py growth --sizes 1000 4000 16000
     python benchmarks/bench_retrieval.py processes --gallery 4000
     python benchmarks/bench_retrieval.py photos
-    python benchmarks/bench_retrieval.py limit --gallery 2000 --queries 64
+    python benchmarks/bench_retrieval.py limit --gallery 2000 --queries 128
+    python benchmarks/bench_retrieval.py faiss --gallery 20000 --queries 256
 
 ``growth``: synthetic images (a fixed number of queries against galleries of
 growing size), each size in a fresh process; reports pair maps per second,
@@ -23,6 +24,9 @@ the run is ``explain_retrieval`` without the report (the report's time is
 measured apart). Each is timed ``--repeats`` times, alternating, and the
 fastest kept; the ratio and the run's time per kind of work (``summary.json``
 ``time_by_kind_rank0``: read, embed, search, maps, write, ...) are printed.
+``faiss``: the same files searched by FAISS (``search="faiss"``) and
+exactly: the recall@k the FAISS run measured on its first 256 queries, the
+recall over all queries recounted from both runs, and their times.
 Results go to ``benchmarks/results/retrieval-<device>.json``.
 """
 
@@ -253,7 +257,7 @@ def photos(args: argparse.Namespace) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "mode", choices=["growth", "processes", "photos", "limit", "one"]
+        "mode", choices=["growth", "processes", "photos", "limit", "faiss", "one"]
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--gallery", type=int, default=4000)
@@ -286,10 +290,11 @@ def main(argv=None) -> None:
             handle.write(json.dumps(row) + "\n")
         return
     modes = {"photos": photos, "growth": growth, "processes": processes}
-    if args.mode == "limit":
-        from bench_retrieval_limit import limit
+    if args.mode in ("limit", "faiss"):
+        from bench_retrieval_limit import faiss_recall, limit
 
-        result = limit(args, SmallEmbedding)
+        mode = limit if args.mode == "limit" else faiss_recall
+        result = mode(args, SmallEmbedding)
     else:
         result = modes[args.mode](args)
     print(json.dumps(result, indent=1))

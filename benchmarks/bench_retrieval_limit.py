@@ -159,3 +159,50 @@ def limit(args: argparse.Namespace, model_class: type) -> dict:
         ],
         "with_report_s": {"wall": report[0], "cpu": report[1], "report": report_s},
     }
+
+
+def faiss_recall(args: argparse.Namespace, model_class: type) -> dict:
+    """A run with ``search="faiss"`` and the same run with exact search on the
+    same JPEG files: the recall@k the FAISS run measured on itself
+    (``summary.json``), recounted from the two runs' lists, and both times."""
+    from captum_sfam.retrieval import ImageFiles, explain_retrieval, read_results
+
+    torch.set_num_threads(args.threads)
+    model = model_class().eval()
+    reader = _Reader(args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        gallery = ImageFiles.from_folder(
+            _jpeg_folder(root / "gallery", args.gallery, 0, args.size), reader
+        )
+        queries = ImageFiles.from_folder(
+            _jpeg_folder(root / "queries", args.queries, 1, args.size), reader
+        )
+        found, seconds, summary = {}, {}, {}
+        for search in ("faiss", "exact"):
+            out = root / search
+            start = time.perf_counter()
+            explain_retrieval(
+                model, model.features, queries, gallery, out, member=args.member,
+                k=args.k, batch_size=args.batch_size, report=False, search=search,
+            )  # fmt: skip
+            seconds[search] = time.perf_counter() - start
+            summary[search] = json.loads((out / "summary.json").read_text())
+            found[search] = [
+                [n["index"] for n in r["neighbours"]] for r in read_results(out)
+            ]
+    pairs = zip(found["faiss"], found["exact"])
+    recount = sum(len(set(f) & set(e)) for f, e in pairs) / (args.queries * args.k)
+    return {
+        "gallery": args.gallery,
+        "queries": args.queries,
+        "k": args.k,
+        "measured_by_the_run": summary["faiss"]["search_recall"],
+        "recall_at_k_all_queries": recount,
+        "seconds": seconds,
+        "search_s": {
+            s: summary[s]["time_by_kind_rank0"].get("search_s", 0.0)
+            + summary[s]["time_by_kind_rank0"].get("search_index_s", 0.0)
+            for s in seconds
+        },
+    }

@@ -359,7 +359,7 @@ class ImageFiles(Dataset):
         image = self.preprocess(self.paths[index])
         return image[0] if image.dim() == 4 else image
 
-    def unreadable(self, threads: int = 8) -> List[tuple]:
+    def unreadable(self, threads: int = 4) -> List[tuple]:
         """``(index, reason)`` of every file :func:`image_problem` rejects
         (headers read by ``threads`` threads)."""
         with ThreadPoolExecutor(max_workers=threads) as pool:

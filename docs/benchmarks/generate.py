@@ -356,6 +356,11 @@ def retrieval(path: Path, data: Dict[str, Any]) -> str:
                  "peak RSS per process", "RSS growth"],
                 body,
             )  # fmt: skip
+        elif isinstance(result, dict) and "command" not in result:
+            # run-vs-limit and FAISS parts: every recorded value, flattened
+            text += f"Recorded on {record.get('date', 'an unrecorded date')}.\n\n"
+            rows = [(k, json.dumps(v)) for k, v in result.items()]
+            text += _table(["measure", "value"], rows)
         elif isinstance(result, dict):
             metrics = result.get("metrics", {})
             rows = [
