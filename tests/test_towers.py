@@ -258,3 +258,32 @@ def test_layer_grad_cam_through_similarity_target_on_a_vit_block(kind):
     assert all(not m._forward_hooks for m in tw.image_model.modules())
     with pytest.raises(ValueError, match="references have width 4"):
         SimilarityTarget(tw.image_model, torch.rand(2, 4))(x)
+
+
+def test_open_clip_timm_tower_siglip_style():
+    """open_clip's CustomTextCLIP with a timm trunk pooled by an attention
+    head (the SigLIP layout): trunk blocks, prefix tokens and patch size read,
+    the model's own score with its bias."""
+    from captum_sfam._engine.model import patch_size, prefix_tokens
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(
+        timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False,
+        timm_pool="map", timm_proj="none", image_size=224,
+    )  # fmt: skip
+    text = CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
+    model = open_clip.CustomTextCLIP(
+        embed_dim=192, vision_cfg=vision, text_cfg=text, init_logit_bias=-10
+    ).eval()
+    assert prefix_tokens(model.visual) == model.visual.trunk.num_prefix_tokens
+    assert patch_size(model) == (16, 16)
+    tw = two_tower(model)
+    assert tw.default_layer is model.visual.trunk.blocks[-1] and tw.logit_bias == -10
+    x, ids = torch.rand(1, 3, 224, 224), tw.tokenize(["a cat", "a dog"])
+    with torch.no_grad():
+        image, texts, scale, bias = model(x, ids)
+    torch.testing.assert_close(tw.score(image, texts), scale * image @ texts.T + bias)
+    maps = LayerCGRAM(tw.image_model, tw.default_layer, metric=tw.metric).attribute(
+        x, references=texts, target=1
+    )
+    assert maps.shape == (1, 1, 14, 14) and maps.abs().sum() > 0

@@ -191,6 +191,9 @@ def prefix_tokens(model: Optional[Module]) -> Optional[int]:
     tower = visual if isinstance(visual, Module) else model
     if isinstance(getattr(tower, "class_embedding", None), Tensor):
         return 1  # open_clip's VisionTransformer: one class token
+    trunk = getattr(tower, "trunk", None)  # open_clip's TimmModel (SigLIP)
+    if isinstance(getattr(trunk, "num_prefix_tokens", None), int):
+        return trunk.num_prefix_tokens
     config = getattr(model, "config", None)  # Hugging Face
     kind = getattr(config, "model_type", None)
     if isinstance(kind, str):
@@ -214,8 +217,10 @@ def patch_size(model: Optional[Module]) -> Optional[Tuple[int, int]]:
     if model is None:
         return None
     visual = getattr(model, "visual", None)  # open_clip CLIP
-    if isinstance(visual, Module) and getattr(visual, "patch_size", None):
-        model = visual
+    if isinstance(visual, Module):
+        model = getattr(visual, "trunk", None) or visual  # TimmModel's trunk
+    elif isinstance(getattr(model, "trunk", None), Module):
+        model = model.trunk
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     config = getattr(model, "config", None)
     config = getattr(config, "vision_config", None) or config  # HF CLIP/SigLIP

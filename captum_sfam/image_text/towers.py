@@ -343,6 +343,10 @@ def _open_clip(model: nn.Module, tokenizer: Any) -> TwoTower:
             and getattr(visual, "pool_type", "tok") == "tok"
         )
         norms = [getattr(b, "ln_1", b) for b in blocks]
+    elif hasattr(getattr(visual, "trunk", None), "blocks"):  # TimmModel (SigLIP)
+        blocks = list(visual.trunk.blocks)
+        token = getattr(visual.trunk, "global_pool", "") == "token"
+        norms = [getattr(b, "norm1", b) for b in blocks]
     else:  # ModifiedResNet: its four stages
         blocks = [getattr(visual, f"layer{i}") for i in range(1, 5)]
         token, norms = False, blocks
