@@ -88,8 +88,20 @@ def similarity(
 
 # ------------------------------------------------------------ commands -----
 def explain(args: argparse.Namespace) -> int:
-    """Runs ``captum-sfam explain``: prints the similarity, writes the figure."""
+    """Runs ``captum-sfam explain``: prints the similarity, writes the figure
+    (with ``--text``: :func:`captum_sfam.app.text.explain_text`)."""
     from ..visualization import visualize_pair
+
+    if args.text:
+        from .text import explain_text
+
+        return explain_text(args)
+    if not args.support:
+        raise CLIError(
+            "the following arguments are required: support (image files; or "
+            "--text TEXT with a two-tower --model)"
+        )
+    args.method = args.method or "sfam"
 
     paths = [args.query, *args.support]
     missing = [p for p in paths if not Path(p).is_file()]
@@ -264,15 +276,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_demo.set_defaults(run=demo)
     p_exp = commands.add_parser("explain", help="explain a query against a support")
     p_exp.add_argument("query", help="query image file")
-    p_exp.add_argument("support", nargs="+", help="support image file(s), K shots")
+    p_exp.add_argument("support", nargs="*", help="support image file(s), K shots")
     add_model_arguments(p_exp)
+    p_exp.add_argument(
+        "--text",
+        action="append",
+        help="explain the image against this text (repeat for several) with a "
+        "two-tower model: --model open_clip:ARCH[:TAG], hf:NAME or demo:two-tower",
+    )
     p_exp.add_argument(
         "--out",
         default="explanation.png",
         type=figure_path,
         help="figure to write (.png, .pdf, .svg, .jpg, ...)",
     )
-    p_exp.set_defaults(run=explain)
+    p_exp.set_defaults(run=explain, method=None)  # sfam, or cgram with --text
     p_bench = commands.add_parser(
         "bench", help="benchmark every method with ground truth (offline)"
     )

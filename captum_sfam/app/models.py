@@ -228,6 +228,121 @@ def load_model(
     return _torchvision_model(name, weights).eval(), IMAGENET_MEAN, IMAGENET_STD
 
 
+#: ``--model`` prefixes of the two-tower models ``--text`` explains
+TWO_TOWER_PREFIXES = ("open_clip:", "hf:", "demo:")
+#: OpenAI CLIP's normalisation (open_clip's default, Hugging Face CLIP's)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_two_tower(name: str, weights: Optional[PathLike] = None):
+    r"""The two-tower image–text model ``--model`` names, for ``--text``.
+
+    Args:
+        name (str): ``open_clip:ARCH[:PRETRAINED_TAG]`` (the tag downloads
+                    open_clip's weights), ``hf:NAME_OR_FOLDER`` (Hugging Face
+                    ``CLIPModel`` / ``SiglipModel`` with its tokenizer; a
+                    name downloads) or ``demo:two-tower`` (the synthetic
+                    model, offline).
+        weights (str or Path, optional): a state dict loaded into the
+                    architecture instead of downloaded weights.
+
+    Returns:
+        the :class:`~captum_sfam.image_text.TwoTower`, its input side in
+        pixels and its normalisation ``(mean, std)``.
+
+    Raises:
+        CLIError: an unknown name, a missing extra, a failed download, weights
+                    that do not fit, or an open_clip model with neither a tag
+                    nor ``--weights`` (its random weights would explain
+                    nothing).
+    """
+    kind, _, rest = name.partition(":")
+    if kind == "demo":
+        if rest != "two-tower":
+            raise CLIError(
+                f"--model {name}: the demo two-tower model is demo:two-tower"
+            )
+        from ..demo import two_tower as demo
+
+        model = demo.trained_model()
+        if weights:
+            load_weights(model, weights, name)
+        return demo.as_two_tower(model.eval()), demo.SIZE, (0.0,) * 3, (1.0,) * 3
+    if kind == "open_clip":
+        return _open_clip(name, rest, weights)
+    if kind == "hf":
+        return _hugging_face(name, rest, weights)
+    raise CLIError(
+        f"--text needs a two-tower model: --model open_clip:ARCH[:TAG], "
+        f"hf:NAME or demo:two-tower, got {name!r}"
+    )
+
+
+def _open_clip(name: str, rest: str, weights: Optional[PathLike]):
+    if importlib.util.find_spec("open_clip") is None:
+        raise CLIError(
+            "open_clip is needed for this: pip install 'captum-sfam[image-text]'"
+        )
+    import open_clip
+
+    from ..image_text import two_tower
+
+    arch, _, tag = rest.partition(":")
+    if arch not in open_clip.list_models():
+        raise CLIError(
+            f"--model {name}: unknown open_clip architecture {arch!r} "
+            "(open_clip.list_models())"
+        )
+    if weights:
+        model = open_clip.create_model(arch, pretrained=None)
+        load_weights(model, weights, name)
+    elif tag:
+        try:  # downloads (where there is internet)
+            model = open_clip.create_model(arch, pretrained=tag)
+        except Exception as error:  # noqa: BLE001 - the download's many failures
+            raise CLIError(
+                f"could not load the {tag} weights of {arch} (no internet, or "
+                f"an unknown tag?): {one_line(error)}. Pass --weights FILE"
+            ) from error
+    else:
+        raise CLIError(
+            f"--model {name}: name the pretrained weights (open_clip:{arch}:TAG, "
+            "see open_clip.list_pretrained()) or pass --weights FILE; a "
+            "randomly initialised model explains nothing"
+        )
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    size = model.visual.image_size
+    side = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(cfg.get("mean", CLIP_MEAN))
+    std = tuple(cfg.get("std", CLIP_STD))
+    return two_tower(model.eval(), open_clip.get_tokenizer(arch)), side, mean, std
+
+
+def _hugging_face(name: str, rest: str, weights: Optional[PathLike]):
+    if importlib.util.find_spec("transformers") is None:
+        raise CLIError("transformers is needed for this: pip install transformers")
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..image_text import two_tower
+
+    try:  # a folder loads offline; a hub name downloads
+        model = AutoModel.from_pretrained(rest)
+        tokenizer = AutoTokenizer.from_pretrained(rest)
+    except Exception as error:  # noqa: BLE001 - the download's many failures
+        raise CLIError(
+            f"could not load {rest!r} with transformers (no internet, or not a "
+            f"model name or folder?): {one_line(error)}"
+        ) from error
+    if weights:
+        load_weights(model, weights, name)
+    vision = getattr(model.config, "vision_config", None)
+    side = int(getattr(vision, "image_size", 224))
+    siglip = "siglip" in type(model).__name__.lower()
+    mean, std = ((0.5,) * 3, (0.5,) * 3) if siglip else (CLIP_MEAN, CLIP_STD)
+    return two_tower(model.eval(), tokenizer), side, mean, std
+
+
 def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Module:
     r"""The layer named by ``--layer`` (default: ``bn2`` or ``layer4``).
 
@@ -265,8 +380,10 @@ def resolve_layer(model: Module, model_name: str, layer: Optional[str]) -> Modul
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TWO_TOWER_PREFIXES",
     "is_factory",
     "load_factory",
     "load_model",
+    "load_two_tower",
     "resolve_layer",
 ]
