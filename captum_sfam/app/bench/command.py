@@ -92,7 +92,7 @@ def _done(key: str, began: float, args: argparse.Namespace) -> float:
 #: the sizes of the default run (a few minutes on 2 cores) and of ``--full``
 SIZES = {
     "default": {"episodes": 40, "pairs": 40, "scenes": 16, "photo_pairs": 8,
-                "pck_photos": 2, "swap_pairs": 10, "swap_photos": 3},
+                "pck_photos": 2, "swap_pairs": 8, "swap_photos": 3},
     "full": {"episodes": 100, "pairs": 100, "scenes": 40, "photo_pairs": 20,
              "pck_photos": 5, "swap_pairs": 40, "swap_photos": 12},
 }  # fmt: skip
