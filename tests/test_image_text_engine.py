@@ -176,6 +176,8 @@ def test_bad_arguments_name_themselves(cls):
     model = TinyCNN().eval()
     q, refs = images(2, 3, 8, 8), images(3, 5)
     method = cls(model, model.features, metric="cosine")
+    with pytest.raises(ValueError, match="go in references="):
+        method.attribute(q, refs)  # embeddings passed as support images
     with pytest.raises(ValueError, match="support and references"):
         method.attribute(q, images(1, 3, 8, 8), references=refs, target=0)
     with pytest.raises(ValueError, match="target="):

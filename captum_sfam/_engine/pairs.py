@@ -320,10 +320,16 @@ def _layout(inp: Tensor, sup: Tensor, argument: str, items: bool) -> Tuple[int, 
             )
     else:
         lead = "(M" if items else "(B"
+        hint = (
+            "; embeddings (R, D) (a text tower's) go in references= of a "
+            "gradient member (LayerCGRAM, LayerMultiBlockGrad)"
+            if sup.dim() == 2 and inp.dim() > 2
+            else ""
+        )
         raise ValueError(
             f"{argument} must have shape (K, *inputs.shape[1:]) or "
             f"{lead}, K, *inputs.shape[1:]); got {tuple(sup.shape)} for "
-            f"inputs of shape {tuple(inp.shape)}"
+            f"inputs of shape {tuple(inp.shape)}{hint}"
         )
     if shots == 0 or groups == 0:
         raise ValueError(f"{argument} is empty: it needs at least one image")
