@@ -32,6 +32,9 @@ DOCUMENTED = {
     "perf": "python benchmarks/bench_perf.py",
     "contrast-readings": "python benchmarks/contrast_readings.py [--metric euclidean]",
     "correspondence-readings": "python benchmarks/correspondence_readings.py",
+    "part-swap-readings": "python benchmarks/part_swap_readings.py "
+    "--pairs 15 --photos 8 --composites 10",
+    "part-swap-tables": "captum-sfam bench --settings part-swap --full",
 }
 #: bench_perf.py's and bench_dispatch.py's defaults, to rebuild a command
 PERF_DEFAULTS = {
