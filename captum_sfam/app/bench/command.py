@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="the full sizes (about 9 minutes on 2 cores; the default run takes a few)",
+        help="the full sizes (about 13 minutes on 2 cores; the default, a few)",
     )
 
 
