@@ -18,8 +18,10 @@ EfficientNet-Lite0 and reports how often top-1 is the query's own photo.
 ``limit``: a whole run against its physical limit on the same image files
 (JPEG, decoded and resized by the same reader, same batch size and workers):
 the limit is one plain batched ``torch.no_grad()`` embedding pass over the
-gallery and the queries plus the forward passes of the explained pairs'
-neighbours (each batch's distinct neighbours once, as the run reads them);
+gallery and the queries plus the forward passes of the gallery images the
+explained maps need (each batch's distinct neighbours, and with labels the
+true matches its wrong neighbours are contrasted with, once each, as the run
+reads them);
 the run is ``explain_retrieval`` without the report (the report's time is
 measured apart). Each is timed ``--repeats`` times, alternating, and the
 fastest kept; the ratio and the run's time per kind of work (``summary.json``
@@ -279,6 +281,9 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--workers", type=int, default=0, help="limit: loader workers")
     parser.add_argument("--repeats", type=int, default=3, help="limit: repeats")
+    parser.add_argument(
+        "--unlabelled", action="store_true", help="limit: no labels (no audit)"
+    )
     parser.add_argument("--out", default="bench-retrieval-run")
     parser.add_argument("--report-json")
     parser.add_argument("--photo-dir", default="bench-retrieval-photos")
@@ -308,7 +313,9 @@ def main(argv=None) -> None:
 
         import captum
 
-        key = args.mode if args.mode != "limit" else f"limit-workers{args.workers}"
+        key = args.mode
+        if args.mode == "limit":
+            key = f"limit-workers{args.workers}" + ("-unlabelled" * args.unlabelled)
         saved[key] = {
             "command": "python benchmarks/bench_retrieval.py "
             + " ".join(sys.argv[1:] if argv is None else argv),

@@ -63,6 +63,14 @@ def _plain_pass(model, source, batch_size: int, workers: int, pairs: list) -> No
             embed(model, images)
 
 
+def _explained(record: dict) -> list:
+    """The gallery images a record's maps need: its neighbours, and the true
+    matches its wrong neighbours are contrasted with (labelled runs)."""
+    wrong = record.get("wrong_above_true", {})
+    contrasted = [t["index"] for t in wrong.get("true", [])] if "maps" in wrong else []
+    return [n["index"] for n in record["neighbours"]] + contrasted
+
+
 def _timed(function, *args, **kwargs) -> tuple:
     """(wall seconds, this process's CPU seconds) of one call."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -94,6 +102,8 @@ def limit(args: argparse.Namespace, model_class: type) -> dict:
         q_dir = _jpeg_folder(root / "queries", args.queries, 1, args.size)
         gallery = ImageFiles.from_folder(g_dir, reader)
         queries = ImageFiles.from_folder(q_dir, reader)
+        if getattr(args, "unlabelled", False):  # no audit, no contrastive maps
+            queries.labels = gallery.labels = None
         options = dict(
             member=args.member, k=args.k, batch_size=args.batch_size,
             num_workers=args.workers, resume=False, device="cpu",
@@ -116,8 +126,8 @@ def limit(args: argparse.Namespace, model_class: type) -> dict:
             summaries.append(json.loads((out / "summary.json").read_text()))
             records = list(read_results(out))
             pairs = [
-                sorted({n["index"] for r in records[b : b + args.batch_size]
-                        for n in r["neighbours"]})
+                sorted({i for r in records[b : b + args.batch_size]
+                        for i in _explained(r)})
                 for b in range(0, len(records), args.batch_size)
             ]  # fmt: skip
             limits.append(
@@ -150,6 +160,7 @@ def limit(args: argparse.Namespace, model_class: type) -> dict:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "member": args.member,
+        "labels": not getattr(args, "unlabelled", False),
         "ratio_cpu": _median([r[1] / p[1] for r, p in zip(runs, limits)]),
         "ratio_wall": _median([r[0] / p[0] for r, p in zip(runs, limits)]),
         "run_s": {"wall": [r[0] for r in runs], "cpu": [r[1] for r in runs]},

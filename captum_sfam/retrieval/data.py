@@ -262,11 +262,12 @@ def _decodes(path: Path) -> bool:
 def image_problem(path: Union[str, Path]) -> Optional[str]:
     r"""Why an image file cannot be read, found cheaply; None when it can.
 
-    Reads the header (Pillow's ``open``: an empty file or a text file named
-    ``.jpg`` fail here), verifies a PNG's chunks and checksums up to its end
-    (a truncated PNG fails), and looks for a JPEG's end-of-image marker
-    near the end of the file (a truncated JPEG has none; only such a JPEG is
-    decoded, to be sure). Nothing else is decoded.
+    An empty file is refused at once. A JPEG (its start-of-image bytes) with
+    its end-of-image marker in its last bytes is accepted without Pillow; one
+    without it (truncated) is decoded, to be sure. Every other file goes
+    through Pillow's header reader (a text file named ``.jpg`` fails here)
+    and ``verify`` (a PNG's chunks and checksums up to its end: a truncated
+    PNG fails). Nothing else is decoded.
 
     Args:
 
@@ -279,17 +280,19 @@ def image_problem(path: Union[str, Path]) -> Optional[str]:
 
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             return "empty file"
+        with open(path, "rb") as handle:
+            head = handle.read(3)
+            handle.seek(max(0, size - _JPEG_TAIL))
+            tail = handle.read()
+        if head == b"\xff\xd8\xff":
+            if b"\xff\xd9" in tail or _decodes(path):
+                return None
+            return "truncated JPEG (no end-of-image marker, does not decode)"
         with Image.open(path) as image:
-            kind = image.format
             image.verify()
-        if kind == "JPEG":
-            with open(path, "rb") as handle:
-                handle.seek(max(0, path.stat().st_size - _JPEG_TAIL))
-                tail = handle.read()
-            if b"\xff\xd9" not in tail and not _decodes(path):
-                return "truncated JPEG (no end-of-image marker, does not decode)"
     except Exception as error:  # noqa: BLE001 - reported, with its kind
         return f"{type(error).__name__}: {error}"
     return None
