@@ -71,7 +71,7 @@ def test_explain_a_text_with_an_open_clip_model_and_weights(tmp_path, scene, cap
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "sfam"], "forward-only"),
+        (["--method", "sfam"], "forward-only: it needs the other side"),
         (["--text", "  "], "is empty"),
         (["--model", "resnet18"], "two-tower model"),
         (["--model", "demo:other"], "demo:two-tower"),
