@@ -10,6 +10,13 @@ model's own score. The image side is explained by every gradient member with
 """
 
 from ..methods.multiblock import LayerMultiBlockGrad
+from .text import TokenScores, text_token_scores
 from .towers import TwoTower, two_tower
 
-__all__ = ["LayerMultiBlockGrad", "TwoTower", "two_tower"]
+__all__ = [
+    "LayerMultiBlockGrad",
+    "TokenScores",
+    "TwoTower",
+    "text_token_scores",
+    "two_tower",
+]
