@@ -150,6 +150,8 @@ def test_bad_input_names_the_argument():
         text_token_scores(tower, image, torch.full((1, CONTEXT), 400))
     with pytest.raises(ValueError, match="n_steps"):
         text_token_scores(tower, image, "a disc", n_steps=0)
+    with pytest.raises(ValueError, match="move them to one device"):
+        text_token_scores(tower, torch.randn(1, DIM, device="meta"), "a disc")
     with pytest.raises(ValueError, match="NaN"):
         text_token_scores(tower, torch.full((1, DIM), float("nan")), "a disc")
     with pytest.warns(UserWarning, match="red disc red disc"):

@@ -138,8 +138,6 @@ def _image_embeddings(tower: Any, images: Tensor, count: int) -> Tensor:
             f"images_or_image_embeddings has {emb.shape[0]} rows for {count} "
             "texts: pass one image (explained against every text) or one per text"
         )
-    if not bool(torch.isfinite(emb).all()):
-        raise ValueError("images_or_image_embeddings holds NaN or inf values")
     return emb.expand(count, -1)
 
 
@@ -210,6 +208,8 @@ def text_token_scores(
             f"images_or_image_embeddings is on {image_emb.device}, the text "
             f"tower on {device}: move them to one device"
         )
+    if not bool(torch.isfinite(image_emb).all()):
+        raise ValueError("images_or_image_embeddings holds NaN or inf values")
     score_fn = _row_score(tower, metric)
     base = baseline_ids(ids, tower.special_token_ids, tower.pad_token_id)
     with torch.no_grad():
