@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TinyCNN
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import Dataset
 
 from captum_sfam import LayerSFAM
-from captum_sfam.retrieval import explain_retrieval, load_maps, read_results
+from captum_sfam.retrieval import (
+    ImageSource,
+    explain_retrieval,
+    load_maps,
+    read_results,
+)
+from captum_sfam.retrieval.neighbours import read_neighbours
+from captum_sfam.retrieval.search import model_ranks
 from captum_sfam.similarity import embed, similarity_matrix
 
 TESTS = Path(__file__).parent
@@ -254,3 +263,59 @@ def test_cli_neighbours_file(tmp_path, capsys):
     assert (
         "system.csv, line 1: unknown gallery id 'c1/9.png'" in capsys.readouterr().err
     )
+
+
+# ------------------------------------------------------- properties ---------
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, -1.0]), min_size=4, max_size=4),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_model_ranks_equal_a_count_of_better_and_earlier_equal_entries(rows):
+    values = torch.tensor(rows, dtype=torch.float32)
+    ranks = model_ranks(values)
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            better = sum(w > v for w in row) + sum(w == v for w in row[:j])
+            assert int(ranks[i, j]) == 1 + better
+        assert sorted(ranks[i].tolist()) == list(range(1, len(row) + 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_csv_and_json_lines_in_any_order_resolve_to_the_same_lists(
+    tmp_path_factory, data
+):
+    q_count, g_count = data.draw(st.integers(1, 5)), data.draw(st.integers(3, 9))
+    k = data.draw(st.integers(1, 3))
+    lists = [data.draw(st.permutations(range(g_count)))[:k] for _ in range(q_count)]
+    queries = ImageSource(
+        torch.zeros(q_count, 3, 2, 2),
+        "queries",
+        [f"/q/{i}.png" for i in range(q_count)],
+    )
+    gallery = ImageSource(
+        torch.zeros(g_count, 3, 2, 2),
+        "gallery",
+        [f"/g/x/{i}.png" for i in range(g_count)],
+    )
+    rows = [
+        f"q/{q}.png,x/{g}.png,{r + 1}"
+        for q in range(q_count)
+        for r, g in enumerate(lists[q])
+    ]
+    rows = data.draw(st.permutations(rows))
+    lines = [
+        json.dumps({"query": f"{q}.png", "neighbours": [f"{g}.png" for g in lists[q]]})
+        for q in data.draw(st.permutations(range(q_count)))
+    ]
+    root = tmp_path_factory.mktemp("lists")
+    (root / "s.csv").write_text("\n".join(rows) + "\n")
+    (root / "s.jsonl").write_text("\n".join(lines) + "\n")
+    expected = torch.tensor(lists)
+    for name in ("s.csv", "s.jsonl"):
+        found = read_neighbours(root / name, queries, gallery)
+        assert torch.equal(found.indices, expected) and found.scores is None

@@ -40,6 +40,26 @@ HNSW_LINKS, HNSW_EF_SEARCH = 32, 128
 Found = Tuple[Tensor, Tensor, List[Dict[str, Any]]]
 
 
+def model_ranks(values: Tensor) -> Tensor:
+    r"""The rank of each entry of each row by decreasing value, ties to the
+    earlier entry: :math:`r_{ij} = 1 + \#\{l : v_{il} > v_{ij}\} + \#\{l < j :
+    v_{il} = v_{ij}\}`.
+
+    Args:
+
+        values (Tensor): (n, k) similarities (the model's, of a system's
+                    ranked lists in the system's order).
+
+    Returns:
+        *Tensor*: (n, k) int64 ranks from 1, each row a permutation of 1..k.
+    """
+    n, k = values.shape
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(1, k + 1).expand(n, k).contiguous())
+    return ranks
+
+
 def _faiss_index(settings: RunSettings, table: Tensor) -> Any:
     """The run's HNSW index over ``table`` (built on first use, then kept)."""
     if "faiss_index" in settings.notes:
@@ -136,9 +156,7 @@ def search_batch(
             query = embeddings.float()[:, None].expand(n, k, -1).reshape(n * k, -1)
             values = paired_similarity(query, chosen.float(), settings.metric)
             values = values.view(n, k).cpu()
-            order = torch.sort(values, dim=1, descending=True, stable=True).indices
-            model_rank = torch.empty_like(order)
-            model_rank.scatter_(1, order, torch.arange(1, k + 1).expand(n, k))
+            model_rank = model_ranks(values)
             for row, query_index in enumerate(indices):
                 fields: List[Dict[str, Any]] = [
                     {"model_rank": int(r)} for r in model_rank[row]
@@ -185,4 +203,4 @@ def annotate(records: List[Dict[str, Any]], extras: List[Dict[str, Any]]) -> Non
                 record[key] = value
 
 
-__all__ = ["RECALL_CHECK_QUERIES", "annotate", "search_batch"]
+__all__ = ["RECALL_CHECK_QUERIES", "annotate", "model_ranks", "search_batch"]
