@@ -94,3 +94,39 @@ def test_text_and_support_images_do_not_mix(scene, tmp_path, capsys):
     assert "not support images" in capsys.readouterr().err
     assert cli.main(["explain", path]) == 2  # neither support nor text
     assert "--text" in capsys.readouterr().err
+
+
+def test_explain_a_text_with_a_hugging_face_folder(scene, tmp_path, capsys):
+    """hf:FOLDER loads a saved SiglipModel and its tokenizer offline."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "a", "red", "disc"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>", unk_token="<unk>", model_max_length=8,
+    )  # fmt: skip
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                 num_attention_heads=2)  # fmt: skip
+    config = transformers.SiglipConfig(
+        text_config=dict(small, vocab_size=len(words), max_position_embeddings=8,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3),
+        vision_config=dict(small, image_size=32, patch_size=8),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path / "siglip"
+    transformers.SiglipModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "siglip.png"
+    argv = ["explain", str(scene[0]), "--text", "a red disc", "--model",
+            f"hf:{folder}", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert out.is_file()
+    assert "'a red disc': score" in capsys.readouterr().out
+    assert cli.main([*argv[:-4], "--model", f"hf:{tmp_path / 'none'}"]) == 2
+    assert "could not load" in capsys.readouterr().err
