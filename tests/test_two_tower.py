@@ -3,7 +3,6 @@ learns, it is a TwoTower, and the image-text benchmark setting runs."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -130,11 +129,14 @@ def test_image_maps_follow_the_phrase(tower):
 
 
 def test_the_image_text_benchmark_setting(tmp_path):
-    from captum_sfam.app.bench.image_text import image_text_setting
+    """captum-sfam bench --settings image-text --quick (2 scenes)."""
+    from captum_sfam.app import bench
 
-    args = argparse.Namespace(scenes=2, seed=0, out=tmp_path)
-    result = image_text_setting(args)
+    argv = ["--quick", "--settings", "image-text", "--out", str(tmp_path)]
+    assert bench.main([*argv, "--no-progress"]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())["settings"]["image-text"]
     assert {"CG-RAM", "Captum LayerGradCam", "random"} <= set(result["methods"])
+    assert any(name.startswith("Multi-block") for name in result["methods"])
     assert "SFAM" in result["not_applicable"]
     assert "text_token_scores (IG on token embeddings)" in result["text"]
     for row in result["methods"].values():
@@ -142,4 +144,4 @@ def test_the_image_text_benchmark_setting(tmp_path):
     record = json.loads((tmp_path / "image-text.json").read_text())
     assert {"date", "command", "machine"} <= set(record)
     assert "--settings image-text" in record["command"]
-    assert "| random |" in result["tables"][0]
+    assert "| random |" in (tmp_path / "bench.md").read_text()
