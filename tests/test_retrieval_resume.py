@@ -335,3 +335,12 @@ def test_a_bit_flip_in_a_shard_fails_its_checksum(folders, reference, tmp_path):
         with pytest.warns(UserWarning, match="checksum differs"):
             run_files(*folders, out)
     assert snapshot(out) == reference
+
+
+def test_a_system_list_naming_an_unreadable_image_says_so(folders, tmp_path):
+    queries, gallery = folders
+    spoil(gallery)
+    names = [p.relative_to(queries).as_posix() for p in sorted(queries.rglob("*.*"))]
+    lists = {name: ["c0/000.jpg", "c1/empty.jpg"] for name in names}
+    with pytest.raises(ValueError, match=r"'c1/empty.jpg' is an unreadable image"):
+        run_files(queries, gallery, tmp_path / "run", neighbours=lists, k=None)

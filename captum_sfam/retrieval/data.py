@@ -129,6 +129,8 @@ class ImageSource:
         #: maps are decoded once; 0: none
         self.cache_size = 0
         self._cache: OrderedDict = OrderedDict()
+        #: id -> reason of the items :meth:`drop_unreadable` left out
+        self.unreadable_ids: Dict[str, str] = {}
         if ids is None:
             ids = getattr(data, "paths", None)
         if labels is None:
@@ -179,6 +181,7 @@ class ImageSource:
             {"source": self.name, "index": i, "id": self.item_id(i), "reason": why}
             for i, why in sorted(bad.items())
         ]
+        self.unreadable_ids = {str(s["id"]): s["reason"] for s in skipped}
         keep = [i for i in range(self.length) if i not in bad]
         if not keep:
             raise ValueError(

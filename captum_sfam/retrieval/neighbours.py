@@ -90,6 +90,13 @@ class _Names:
                 "give more of its path"
             )
         if index is None:
+            for left_out, reason in self.source.unreadable_ids.items():
+                if PurePosixPath(left_out.replace("\\", "/")).parts[-len(key) :] == key:
+                    raise ValueError(
+                        f"{where}: {self.source.name} id {name!r} is an unreadable "
+                        f"image the run left out ({reason}); repair the file or "
+                        "drop it from the lists"
+                    )
             raise ValueError(
                 f"{where}: unknown {self.source.name} id {name!r} (not an id of the "
                 f"run, nor the end of one, e.g. {self.source.ids[0]!r})"
