@@ -1,4 +1,5 @@
-"""explain_retrieval: exact top-k, pair maps, on-disk format, resume, report, CLI."""
+"""explain_retrieval: pair maps, on-disk format, resume, report, CLI (the exact
+search: tests/test_retrieval_topk.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from captum_sfam import LayerCGRAM, LayerRAM, LayerSFAM
 from captum_sfam.methods import REGISTRY
-from captum_sfam.metrics import nearest_neighbours, recall_at_k
+from captum_sfam.metrics import recall_at_k
 from captum_sfam.retrieval import (
     MAP_DTYPE,
     average_precision_at_k,
-    exact_top_k,
     explain_retrieval,
     load_maps,
     mean_retrieval_metrics,
@@ -54,74 +54,6 @@ class CountingTiny(TinyCNN):
 @pytest.fixture
 def model():
     return CountingTiny().eval()
-
-
-# ----------------------------------------------------------- top-k ---------
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
-def test_exact_top_k_equals_a_full_sort(metric, chunk):
-    gen = torch.Generator().manual_seed(1)
-    queries, gallery = (
-        torch.randn(9, 4, generator=gen),
-        torch.randn(23, 4, generator=gen),
-    )
-    gallery[5] = gallery[17]  # a tie: the lower index must come first
-    queries[2] = gallery[17] * 2
-    exclude = torch.full((9,), -1)
-    exclude[4] = 3
-    values, indices = exact_top_k(queries, gallery, 6, metric, chunk, exclude)
-    full = similarity_matrix(queries, gallery, metric)
-    full[4, 3] = -torch.inf
-    expected = torch.sort(full, dim=1, descending=True, stable=True)
-    assert torch.equal(indices, expected.indices[:, :6])
-    torch.testing.assert_close(values, expected.values[:, :6], rtol=1e-5, atol=1e-5)
-    assert (indices[4] != 3).all()
-    if metric == "cosine":
-        assert indices[2, :2].tolist() == [5, 17]
-
-
-class RecordingTable:
-    """A gallery embedding table that records how many rows each read takes."""
-
-    def __init__(self, table):
-        self.table, self.shape, self.device, self.reads = (
-            table,
-            table.shape,
-            table.device,
-            [],
-        )
-
-    def dim(self):
-        return self.table.dim()
-
-    def __getitem__(self, key):
-        rows = self.table[key]
-        self.reads.append(rows.shape[0])
-        return rows
-
-
-def test_exact_top_k_scores_the_gallery_in_chunks():
-    gen = torch.Generator().manual_seed(2)
-    queries, gallery = (
-        torch.randn(4, 3, generator=gen),
-        torch.randn(50, 3, generator=gen),
-    )
-    table = RecordingTable(gallery)
-    values, indices = exact_top_k(queries, table, 3, "cosine", chunk_size=8)
-    # 7 chunks of at most 8 rows, then the 4 x (3 + 8) candidates re-scored
-    # exactly: never the 50 rows at once
-    assert table.reads == [8] * 6 + [2] + [4 * (3 + 8)]
-    expected = similarity_matrix(queries, gallery, "cosine").topk(3, dim=1)
-    assert torch.equal(indices, expected.indices)
-
-
-def test_exact_top_k_rejects_k_larger_than_the_gallery():
-    with pytest.raises(ValueError, match="k must be in"):
-        exact_top_k(torch.randn(2, 3), torch.randn(4, 3), 5)
-    with pytest.raises(ValueError, match="k must be in"):
-        exact_top_k(
-            torch.randn(2, 3), torch.randn(4, 3), 4, exclude=torch.tensor([0, 1])
-        )
 
 
 # ----------------------------------------------------------- a run ---------
@@ -269,26 +201,6 @@ def test_run_means_are_mean_retrieval_metrics_of_its_ranked_lists(model, tmp_pat
         np.mean([m["ap@6"] for m in per_query])
     )
     assert [r["relevant"] for r in records if r["label"] == "z"] == [0, 0]
-
-
-@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("k", [1, 4, 8])
-def test_nearest_neighbours_equal_a_full_sort_leaving_each_out(metric, k):
-    gen = torch.Generator().manual_seed(3)
-    emb = torch.randn(9, 4, generator=gen)
-    emb[6] = emb[2]  # ties: for every other row, 2 must come before 6
-    emb[7] = emb[2]
-    full = similarity_matrix(emb, emb, metric)
-    full.fill_diagonal_(-torch.inf)
-    expected = torch.sort(full, dim=1, descending=True, stable=True).indices[:, :k]
-    nearest = nearest_neighbours(emb, metric, k)
-    assert torch.equal(nearest, expected)
-    assert not (nearest == torch.arange(9)[:, None]).any()  # never itself
-    if k > 1:
-        assert nearest[2, :2].tolist() == [6, 7] and nearest[6, :2].tolist() == [2, 7]
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
-    hits = (labels[expected] == labels[:, None]).any(dim=1)
-    assert recall_at_k(emb, labels, metric, k) == int(hits.sum()) / 9
 
 
 def test_retrieval_imports_no_demo_or_app():
@@ -456,82 +368,3 @@ def test_report_draws_images_with_the_package_display(model, tmp_path):
         assert np.unique(np.asarray(bare)).tolist() == [64]  # 0.25 * 255
     with Image.open(tmp_path / "thumbs/q000000-r01-neighbour.png") as drawn:
         assert np.asarray(drawn).std() > 10
-
-
-# ----------------------------------------------------------- CLI -----------
-def test_cli_retrieve_on_real_photo_folders(tmp_path, capsys):
-    from skimage import data
-
-    from captum_sfam.app import cli
-    from captum_sfam.demo.pretrained import second_view
-
-    photos = {"cat": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket()}
-    for name, photo in photos.items():
-        (tmp_path / "gallery" / name).mkdir(parents=True)
-        (tmp_path / "queries" / name).mkdir(parents=True)
-        Image.fromarray(photo).save(tmp_path / "gallery" / name / "a.png")
-        Image.fromarray(second_view(photo)).save(tmp_path / "queries" / name / "q.jpg")
-    out = tmp_path / "run"
-    argv = [
-        "retrieve", str(tmp_path / "queries"), str(tmp_path / "gallery"),
-        "--top-k", "2", "--out", str(out), "--size", "128", "--no-progress",
-        "--method", "simgradcam",
-    ]  # fmt: skip
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
-    records = list(read_results(out))
-    assert len(records) == 3 and (out / "index.html").is_file()
-    assert all(r["neighbours"][0]["label"] == r["label"] for r in records)
-    assert records[0]["id"].endswith("queries/cat/q.jpg")
-    assert '"recall@1": 1.0' in printed
-    maps = load_maps(out, records[0])
-    assert maps["query"].shape == (2, 4, 4)  # bn2 at 128 px
-    # an empty folder is a one-line error, exit code 2
-    (tmp_path / "empty").mkdir()
-    argv[1] = str(tmp_path / "empty")
-    assert cli.main(argv) == 2
-    assert "no images in" in capsys.readouterr().err
-
-
-def test_image_files_take_labels_from_top_level_folders(tmp_path):
-    from captum_sfam.retrieval import ImageFiles
-
-    for name in ("b/x/1.png", "a/2.jpg", "a/3.png"):
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (4, 4)).save(path)
-    data = ImageFiles.from_folder(tmp_path, lambda p: torch.zeros(1, 3, 2, 2))
-    assert [p.relative_to(tmp_path).as_posix() for p in data.paths] == [
-        "a/2.jpg", "a/3.png", "b/x/1.png",
-    ]  # fmt: skip
-    assert data.labels == ["a", "a", "b"] and data[0].shape == (3, 2, 2)
-    Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")  # not in a folder
-    assert (
-        ImageFiles.from_folder(tmp_path, lambda p: torch.zeros(3, 2, 2)).labels is None
-    )
-
-
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_exact_top_k_far_from_the_origin_equals_a_float64_sort(metric):
-    """Embeddings offset by 1e4 with neighbours 1e-2 apart: the expanded
-    float32 distance would cancel to noise; the centred scan and the exact
-    re-scoring of k + margin candidates give the float64 ranking."""
-    gen = torch.Generator().manual_seed(0)
-    offset = torch.full((1, 16), 1e4, dtype=torch.float64)
-    gallery = offset + torch.randn(300, 16, generator=gen, dtype=torch.float64)
-    queries = gallery[:5] + 1e-2 * torch.randn(
-        5, 16, generator=gen, dtype=torch.float64
-    )
-    if metric == "cosine":  # directions, far from the origin too
-        gallery, queries = gallery - offset, queries - offset
-    values, indices = exact_top_k(queries.float(), gallery.float(), 5, metric, 64)
-    q, g = queries.float().double(), gallery.float().double()
-    if metric == "cosine":
-        full = (
-            torch.nn.functional.normalize(q, dim=-1)
-            @ torch.nn.functional.normalize(g, dim=-1).T
-        )
-    else:
-        full = -(torch.cdist(q, g) ** 2)
-    expected = torch.sort(full, dim=1, descending=True, stable=True).indices[:, :5]
-    assert torch.equal(indices, expected)
