@@ -44,6 +44,7 @@ from .store import (
     part_name,
     read_lines,
     remove_run,
+    remove_temporaries,
     shard_name,
     write_json,
     write_lines,
@@ -93,6 +94,7 @@ def prepare_directory(settings: RunSettings) -> None:
     dist_utils.barrier(context)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)  # a killed process's half-written files
         if not settings.resume:
             remove_run(out)
         write_json(manifest, current)

@@ -275,6 +275,18 @@ def load_maps(
     return result
 
 
+def remove_temporaries(out: Path) -> List[Path]:
+    """Delete the temporary files (``.NAME.tmp-PID``) a killed process left in
+    ``out`` and its run folders; returns them."""
+    found = []
+    for folder in (out, *(out / name for name in RUN_DIRS)):
+        if folder.is_dir():
+            found += [p for p in folder.glob(".*.tmp*") if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def remove_run(out: Path) -> None:
     """Delete what a run wrote in ``out`` (its known file names only)."""
     for name in RUN_FILES:
