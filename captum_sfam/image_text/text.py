@@ -187,9 +187,12 @@ def text_token_scores(
         completeness error ``delta`` (T,).
 
     Raises:
-        ValueError / TypeError naming the argument: no text, an empty text,
-        ids outside the tower's vocabulary or context, image embeddings of
-        another width or on another device than the text tower.
+        ValueError: no text, an empty text, ids outside the tower's
+            vocabulary or context, image embeddings of another width, on
+            another device than the text tower or not finite (each message
+            names the argument).
+        TypeError: images that are not a floating point tensor, a text that
+            is not a string.
     """
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
