@@ -346,3 +346,20 @@ def test_a_system_list_naming_an_unreadable_image_says_so(folders, tmp_path):
     lists = {name: ["c0/000.jpg", "c1/empty.jpg"] for name in names}
     with pytest.raises(ValueError, match=r"'c1/empty.jpg' is an unreadable image"):
         run_files(queries, gallery, tmp_path / "run", neighbours=lists, k=None)
+
+
+def test_chunks_left_after_the_table_was_written_are_removed(
+    folders, reference, tmp_path
+):
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gallery_module, "CHUNK_ROWS", 4)
+        patch.setattr(gallery_module, "_remove_chunks", lambda out: None)
+        patch.setattr(stages, "explain_batch", _fail_after(stages.explain_batch, 0))
+        with pytest.raises(Killed):  # killed between the table and the cleanup
+            run_files(*folders, out)
+    assert len(list((out / "gallery").iterdir())) == 6
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gallery_module, "CHUNK_ROWS", 4)
+        run_files(*folders, out)
+    assert snapshot(out) == reference

@@ -120,6 +120,8 @@ def embed_gallery(settings: RunSettings) -> Tensor:
     """
     context, out = settings.context, settings.out
     cached = _whole_table(settings)
+    if context.is_main and cached is not None:
+        _remove_chunks(out)
     if dist_utils.broadcast_flag(context, cached is not None):
         width = dist_utils.all_max(context, 0 if cached is None else cached.shape[1])
         table = dist_utils.broadcast_tensor(
@@ -150,12 +152,18 @@ def embed_gallery(settings: RunSettings) -> Tensor:
     dist_utils.barrier(context)  # every rank has read the chunks
     if context.is_main:
         save_tensors(out / EMBEDDINGS, {"embeddings": table})
-        folder = out / GALLERY_DIR
-        for leftover in folder.glob("batches-*.safetensors"):
-            leftover.unlink()  # this run's chunks, and another layout's
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        _remove_chunks(out)
     return table.to(settings.device)
+
+
+def _remove_chunks(out: Path) -> None:
+    """Delete the chunks once the whole table is written (this run's, another
+    layout's, or those a run killed right after writing the table left)."""
+    folder = out / GALLERY_DIR
+    for leftover in folder.glob("batches-*.safetensors"):
+        leftover.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 __all__ = ["CHUNK_ROWS", "chunk_batches", "embed_checked", "embed_gallery"]
