@@ -15,7 +15,8 @@ phrases in either order). The model is CLIP in miniature:
   pooled position and the mask;
 - score: ``logit_scale * cos`` (learned temperature), trained with CLIP's
   symmetric InfoNCE loss on single objects and two-object scenes of the
-  *train* classes, on CPU in about two minutes.
+  *train* classes: 400 steps in 90 s on one CPU thread (the training
+  code run again reproduces the shipped weights exactly).
 
 The default model (:data:`STEPS` steps, seed 0) ships trained
 (``captum_sfam/demo/weights/two-tower-*.safetensors``, made by this code) and
