@@ -366,7 +366,7 @@ class ImageFiles(Dataset):
         return image[0] if image.dim() == 4 else image
 
     def unreadable(self, threads: int = 4) -> List[tuple]:
-        """``(index, reason)`` of every file :func:`image_problem` rejects
+        """``(index, reason)`` of every file ``image_problem`` rejects
         (headers read by ``threads`` threads)."""
         with ThreadPoolExecutor(max_workers=threads) as pool:
             problems = list(pool.map(image_problem, self.paths))

@@ -122,7 +122,7 @@ def write_report(
         out (Path): the run directory (with ``results.jsonl`` and the maps).
         queries, gallery (ImageSource): the run's images.
         limit (int, optional): the number of queries shown: the worst ones
-                    (:func:`.order.worst`).
+                    (``order.worst``).
                     Default: 100
         mean, std (Sequence[float], optional): input normalisation to undo
                     for display (see :func:`captum_sfam.images.to_display`:
