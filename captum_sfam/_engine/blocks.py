@@ -31,7 +31,7 @@ from .gradient import GradientPairAttribution
 from .graph import as_grid, batched_gradients, query_graph
 from .layer import Layer
 from .pairs import Images, TensorOrTuple, format_inputs, pair_arguments
-from .references import reference_arguments
+from .references import check_other_side, reference_arguments
 
 Layers = Union[Module, Sequence[Module]]
 
@@ -110,27 +110,13 @@ class MultiLayerPairAttribution(GradientPairAttribution):
         ``return_support_attributions`` the support maps (B, K, 1, h', w')."""
         args = format_additional_forward_args(additional_forward_args)
         to_input = attribute_to_layer_input
-        if references is not None and (
-            support is not None or support_labels is not None
-        ):
-            raise ValueError(
-                "support and references are exclusive: pass support= "
-                "(images) or references= (embeddings), not both"
-            )
-        if references is None and support is None:
-            raise TypeError(
-                "attribute needs the other side: support= (images) or "
-                "references= (embeddings (R, D))"
-            )
+        check_other_side(
+            support, support_labels, references, return_support_attributions
+        )
         queries = format_inputs(inputs)
         check_finite(*queries, names=["inputs"] * len(queries))
         batch = len(queries[0])
         if references is not None:
-            if return_support_attributions:
-                raise ValueError(
-                    "return_support_attributions: references are embeddings "
-                    "and have no map; pass support images for support maps"
-                )
             refs = reference_arguments(references, batch, target, contrast)
             chosen, against = refs.chosen(batch), refs.contrast
         else:

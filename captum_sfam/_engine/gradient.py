@@ -40,7 +40,12 @@ from .pairs import (
     format_inputs,
     pair_arguments,
 )
-from .references import ReferencePairs, check_width, reference_arguments
+from .references import (
+    ReferencePairs,
+    check_other_side,
+    check_width,
+    reference_arguments,
+)
 
 Maps = Union[Tensor, Tuple[Tensor, Tensor]]
 
@@ -153,26 +158,14 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
         """
         if contrast is not None and self.contrast_refusal is not None:
             raise ValueError(self.contrast_refusal)
+        check_other_side(
+            support, support_labels, references, return_support_attributions
+        )
         if references is not None:
-            if support is not None or support_labels is not None:
-                raise ValueError(
-                    "support and references are exclusive: pass support= "
-                    "(images) or references= (embeddings), not both"
-                )
-            if return_support_attributions:
-                raise ValueError(
-                    "return_support_attributions: references are embeddings "
-                    "and have no map; pass support images for support maps"
-                )
             return self._reference_maps(
                 inputs, references, target, contrast, additional_forward_args,
                 attribute_to_layer_input, relu_attributions,
             )  # fmt: skip
-        if support is None:
-            raise TypeError(
-                "attribute needs the other side: support= (images) or "
-                "references= (embeddings (R, D))"
-            )
         pairs = pair_arguments(
             inputs, support, additional_forward_args, attribute_to_layer_input,
             contrast, target, support_labels, per_query=True,

@@ -149,6 +149,33 @@ def _contrast(contrast: object, refs: Tensor, batch: int) -> Optional[Tensor]:
     )
 
 
+def check_other_side(
+    support: object,
+    support_labels: object,
+    references: Optional[Tensor],
+    return_support_attributions: bool,
+) -> None:
+    """The other side of a gradient member's pairs is support images or
+    reference embeddings, exactly one; references have no support maps."""
+    if references is None:
+        if support is None:
+            raise TypeError(
+                "attribute needs the other side: support= (images) or "
+                "references= (embeddings (R, D))"
+            )
+        return
+    if support is not None or support_labels is not None:
+        raise ValueError(
+            "support and references are exclusive: pass support= "
+            "(images) or references= (embeddings), not both"
+        )
+    if return_support_attributions:
+        raise ValueError(
+            "return_support_attributions: references are embeddings "
+            "and have no map; pass support images for support maps"
+        )
+
+
 def refuse_references(member: str) -> ValueError:
     """The error of a forward-only member given ``references=``."""
     return ValueError(
