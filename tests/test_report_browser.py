@@ -72,11 +72,11 @@ def test_report_opens_worst_first_and_hover_moves_the_overlay(browser, tmp_path)
     data = Data(tmp_path / "run", limit=4)
     shots = _artifacts(tmp_path)
     browser.get((tmp_path / "run" / "index.html").resolve().as_uri())
-    # every picture of the page (thumbnails and plots) loads from disk
-    assert browser.execute_script(
-        "return Array.from(document.images).filter(i => i.className !== "
-        "'viewer-image').every(i => i.complete && i.naturalWidth > 0)"
-    )
+    # every picture of the page (thumbnails and plots) loads from disk: wait
+    # until the browser has finished with each one, then none may be broken
+    pictures = "Array.from(document.images).filter(i => i.className !== 'viewer-image')"
+    _wait(browser, f"return {pictures}.every(i => i.complete)", seconds=20.0)
+    assert browser.execute_script(f"return {pictures}.every(i => i.naturalWidth > 0)")
     # the worst query first: the highest first-true rank of a full sort
     ranks = {
         r["query"]: (data.true_ranks(r["query"]) or [(0, 0)])[0][0]
