@@ -42,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser (argparse.ArgumentParser): the subcommand's parser.
     """
+    _add_run_arguments(parser)
+    _add_pair_arguments(parser)
+    _add_report_arguments(parser)
+    add_model_arguments(parser)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The folders, the output and how the run reads and computes."""
     parser.add_argument("queries", help="folder of query images (recursive)")
     parser.add_argument("gallery", help="folder of gallery images (recursive)")
     parser.add_argument(
@@ -66,6 +74,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{AUTO_WORKERS_FROM} images, else one per spare core, at most 4)",
     )
     parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete an earlier run in --out instead of resuming it",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unreadable images (an error before any embedding) instead "
+        "of leaving them out and listing them",
+    )
+    parser.add_argument(
+        "--device", help="cpu or cuda (default: cuda when available, per rank)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the report draws and shows."""
+    parser.add_argument(
         "--contrast",
         action="store_true",
         help="also draw why rank 1 rather than rank 2 (needs k >= 2)",
@@ -77,11 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the N worst queries shown in index.html (results.jsonl has all)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip index.html")
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="delete an earlier run in --out instead of resuming it",
-    )
+
+
+def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which pairs are explained: a search, or your system's neighbours."""
     parser.add_argument(
         "--neighbours",
         metavar="FILE",
@@ -98,17 +124,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "galleries past exact search; its recall@k against exact search on the "
         "first 256 queries is printed",
     )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse unreadable images (an error before any embedding) instead "
-        "of leaving them out and listing them",
-    )
-    parser.add_argument(
-        "--device", help="cpu or cuda (default: cuda when available, per rank)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_model_arguments(parser)
 
 
 def _workers(asked: Optional[int], images: int) -> int:

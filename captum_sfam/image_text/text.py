@@ -117,8 +117,24 @@ def _device(module: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _image_embeddings(tower: Any, images: Tensor, count: int) -> Tensor:
-    """(T, D) image embeddings, one per text, from images or embeddings."""
+def _text_ids(tower: Any, texts: Union[str, Sequence[str], Tensor]) -> Tensor:
+    """(T, L) token ids of the texts (checked when given as ids), on the text
+    tower's device."""
+    if isinstance(texts, Tensor):
+        ids = texts
+        check = getattr(tower, "check_ids", None)
+        if check is not None:
+            check(ids, "texts")
+    else:
+        ids = tower.tokenize([texts] if isinstance(texts, str) else list(texts))
+    return ids.to(_device(tower.text_model))
+
+
+def _image_embeddings(
+    tower: Any, images: Tensor, count: int, device: torch.device
+) -> Tensor:
+    """(T, D) finite image embeddings, one per text, from images or
+    embeddings, on the text tower's ``device``."""
     if not isinstance(images, Tensor) or not images.is_floating_point():
         raise TypeError(
             "images_or_image_embeddings must be a floating point Tensor: images "
@@ -138,6 +154,13 @@ def _image_embeddings(tower: Any, images: Tensor, count: int) -> Tensor:
             f"images_or_image_embeddings has {emb.shape[0]} rows for {count} "
             "texts: pass one image (explained against every text) or one per text"
         )
+    if emb.device != device:
+        raise ValueError(
+            f"images_or_image_embeddings is on {emb.device}, the text "
+            f"tower on {device}: move them to one device"
+        )
+    if not bool(torch.isfinite(emb).all()):
+        raise ValueError("images_or_image_embeddings holds NaN or inf values")
     return emb.expand(count, -1)
 
 
@@ -196,23 +219,10 @@ def text_token_scores(
     """
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-    if isinstance(texts, Tensor):
-        ids = texts
-        check = getattr(tower, "check_ids", None)
-        if check is not None:
-            check(ids, "texts")
-    else:
-        ids = tower.tokenize([texts] if isinstance(texts, str) else list(texts))
-    device = _device(tower.text_model)
-    ids = ids.to(device)
-    image_emb = _image_embeddings(tower, images_or_image_embeddings, ids.shape[0])
-    if image_emb.device != device:
-        raise ValueError(
-            f"images_or_image_embeddings is on {image_emb.device}, the text "
-            f"tower on {device}: move them to one device"
-        )
-    if not bool(torch.isfinite(image_emb).all()):
-        raise ValueError("images_or_image_embeddings holds NaN or inf values")
+    ids = _text_ids(tower, texts)
+    image_emb = _image_embeddings(
+        tower, images_or_image_embeddings, ids.shape[0], ids.device
+    )
     score_fn = _row_score(tower, metric)
     base = baseline_ids(ids, tower.special_token_ids, tower.pad_token_id)
     with torch.no_grad():

@@ -131,39 +131,11 @@ def audit_batch(
         if settings.exclude is None
         else settings.exclude[rows].long()
     ).to(device)
-    n, total, chunk = len(rows), gallery_table.shape[0], settings.gallery_chunk
     keep = listed.shape[1] + MISSED_LIMIT
-    # pass 1: every true match's similarity, the `keep` best of each query
-    best_v = embeddings.new_empty(n, 0, dtype=torch.float32)
-    best_i = torch.empty(n, 0, dtype=torch.long, device=device)
-    positives: List[List[Tensor]] = [[] for _ in range(n)]
-    for start in range(0, total, chunk):
-        scores = similarities(
-            embeddings, gallery_table[start : start + chunk].to(device), settings.metric
-        )
-        index = torch.arange(start, start + scores.shape[1], device=device)
-        true = (g_codes[start : start + chunk].to(device)[None] == codes[:, None]) & (
-            index[None] != skip[:, None]
-        )
-        for row in range(n):
-            positives[row].append(scores[row][true[row]])
-        masked = scores.masked_fill(~true, -torch.inf)
-        values = torch.cat([best_v, masked], dim=1)
-        indices = torch.cat([best_i, index.expand(n, -1)], dim=1)
-        order = torch.sort(values, dim=1, descending=True, stable=True).indices
-        order = order[:, : min(keep, values.shape[1])]
-        best_v, best_i = values.gather(1, order), indices.gather(1, order)
-    # pass 2: each kept true match's rank among the whole gallery
-    above = torch.zeros_like(best_i)
-    for start in range(0, total, chunk):
-        scores = similarities(
-            embeddings, gallery_table[start : start + chunk].to(device), settings.metric
-        )
-        index = torch.arange(start, start + scores.shape[1], device=device)
-        scores = scores.masked_fill(index[None] == skip[:, None], -torch.inf)
-        s, t = scores[:, None, :], best_v[:, :, None]
-        beats = (s > t) | ((s == t) & (index[None, None] < best_i[:, :, None]))
-        above += beats.sum(dim=-1)
+    best_v, best_i, positives = _best_true_matches(
+        settings, embeddings, gallery_table, codes, skip, g_codes, keep
+    )
+    above = _gallery_places(settings, embeddings, gallery_table, skip, best_v, best_i)
     negatives = similarities(
         embeddings,
         gallery_table[sample.to(gallery_table.device)].to(device),
@@ -173,7 +145,7 @@ def audit_batch(
         sample.to(device)[None] != skip[:, None]
     )
     results: List[Optional[QueryAudit]] = []
-    for row in range(n):
+    for row in range(len(rows)):
         found = torch.isfinite(best_v[row])
         places = {int(g): r + 1 for r, g in enumerate(listed[row].tolist())}
         ranked = []
@@ -198,6 +170,66 @@ def audit_batch(
         )
         results.append(audit)
     return results
+
+
+def _best_true_matches(
+    settings: RunSettings,
+    embeddings: Tensor,
+    gallery_table: Tensor,
+    codes: Tensor,
+    skip: Tensor,
+    g_codes: Tensor,
+    keep: int,
+) -> Tuple[Tensor, Tensor, List[List[Tensor]]]:
+    """Pass 1, chunk by chunk over the gallery: the ``keep`` most similar
+    true matches of each query, (n, <=keep) similarities (-inf past the
+    true matches) and gallery indices, and every true match's similarity
+    (per query, a list of chunks)."""
+    n, device, chunk = embeddings.shape[0], embeddings.device, settings.gallery_chunk
+    best_v = embeddings.new_empty(n, 0, dtype=torch.float32)
+    best_i = torch.empty(n, 0, dtype=torch.long, device=device)
+    positives: List[List[Tensor]] = [[] for _ in range(n)]
+    for start in range(0, gallery_table.shape[0], chunk):
+        scores = similarities(
+            embeddings, gallery_table[start : start + chunk].to(device), settings.metric
+        )
+        index = torch.arange(start, start + scores.shape[1], device=device)
+        true = (g_codes[start : start + chunk].to(device)[None] == codes[:, None]) & (
+            index[None] != skip[:, None]
+        )
+        for row in range(n):
+            positives[row].append(scores[row][true[row]])
+        masked = scores.masked_fill(~true, -torch.inf)
+        values = torch.cat([best_v, masked], dim=1)
+        indices = torch.cat([best_i, index.expand(n, -1)], dim=1)
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices
+        order = order[:, : min(keep, values.shape[1])]
+        best_v, best_i = values.gather(1, order), indices.gather(1, order)
+    return best_v, best_i, positives
+
+
+def _gallery_places(
+    settings: RunSettings,
+    embeddings: Tensor,
+    gallery_table: Tensor,
+    skip: Tensor,
+    best_v: Tensor,
+    best_i: Tensor,
+) -> Tensor:
+    """Pass 2: how many gallery items rank above each kept true match (ties
+    to the lower index; the query's own item skipped), (n, <=keep)."""
+    device, chunk = embeddings.device, settings.gallery_chunk
+    above = torch.zeros_like(best_i)
+    for start in range(0, gallery_table.shape[0], chunk):
+        scores = similarities(
+            embeddings, gallery_table[start : start + chunk].to(device), settings.metric
+        )
+        index = torch.arange(start, start + scores.shape[1], device=device)
+        scores = scores.masked_fill(index[None] == skip[:, None], -torch.inf)
+        s, t = scores[:, None, :], best_v[:, :, None]
+        beats = (s > t) | ((s == t) & (index[None, None] < best_i[:, :, None]))
+        above += beats.sum(dim=-1)
+    return above
 
 
 def _listed_true(
