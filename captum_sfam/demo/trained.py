@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,37 @@ def _train(kind: str, steps: int, seed: int, images_per_class: int) -> nn.Module
     return model.eval()
 
 
+def config_key(config: Dict[str, object]) -> str:
+    """12 hex digits naming a training configuration (files of its weights)."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def shipped_cached_or_trained(
+    model: nn.Module, name: str, train: Callable[[], nn.Module], retrain: bool
+) -> nn.Module:
+    """``model`` (in eval mode) with the weights that ship with the package
+    (``SHIPPED/name.safetensors``), else those cached in
+    ``cache_dir()/name.pt``, else the model ``train()`` returns, cached
+    atomically; ``retrain`` skips both files."""
+    shipped = SHIPPED / f"{name}.safetensors"
+    cached = cache_dir() / f"{name}.pt"
+    if shipped.is_file() and not retrain:  # the default models ship trained
+        require_extra("safetensors", "safetensors")
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(shipped))
+        return model.eval()
+    if cached.is_file() and not retrain:
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        return model.eval()
+    model = train()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(cached)
+    return model
+
+
 def _load_or_train(
     kind: str, steps: int, seed: int, images_per_class: int, retrain: bool
 ):
@@ -200,25 +231,13 @@ def _load_or_train(
         "ipc": images_per_class,
         "v": 1,
     }
-    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"{kind}-{key}.pt"
     model = ProtoNet() if kind == "protonet" else CosineEmbedder()
-    shipped = SHIPPED / f"{kind}-{key}.safetensors"
-    if shipped.is_file() and not retrain:  # the default models ship trained
-        require_extra("safetensors", "safetensors")
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(shipped))
-        return model.eval()
-    if path.is_file() and not retrain:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    model = _train(kind, steps, seed, images_per_class)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
+    return shipped_cached_or_trained(
+        model,
+        f"{kind}-{config_key(config)}",
+        lambda: _train(kind, steps, seed, images_per_class),
+        retrain,
+    )
 
 
 def protonet(steps: int = 200, seed: int = 0, retrain: bool = False) -> ProtoNet:

@@ -27,8 +27,6 @@ loads offline before any cache; other settings train once and are cached in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from contextlib import contextmanager
@@ -38,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._optional import require_extra
 from ..image_text.towers import TwoTower
 from .synthetic import ObjectClass, ShapesFewShot, TwoObjectScenes, all_classes
-from .trained import SHIPPED, cache_dir
+from .trained import config_key, shipped_cached_or_trained
 
 #: colour words, in the order of :data:`.synthetic.COLOURS`
 COLOUR_WORDS = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white")
@@ -291,8 +288,7 @@ def _train(
 
 
 def _key(steps: int, seed: int) -> str:
-    config = {"kind": "two-tower", "steps": steps, "seed": seed, "v": 1}
-    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return config_key({"kind": "two-tower", "steps": steps, "seed": seed, "v": 1})
 
 
 def trained_model(
@@ -300,24 +296,11 @@ def trained_model(
 ) -> SyntheticCLIP:
     """The trained :class:`SyntheticCLIP`: shipped weights, else the cache,
     else trained now (and cached)."""
-    model = SyntheticCLIP()
-    name = f"two-tower-{_key(steps, seed)}"
-    shipped = SHIPPED / f"{name}.safetensors"
-    cached = cache_dir() / f"{name}.pt"
-    if shipped.is_file() and not retrain:
-        require_extra("safetensors", "safetensors")
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(shipped))
-        return model.eval()
-    if cached.is_file() and not retrain:
-        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-        return model.eval()
-    model = train(steps, seed)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(cached)
+    model = shipped_cached_or_trained(
+        SyntheticCLIP(), f"two-tower-{_key(steps, seed)}",
+        lambda: train(steps, seed), retrain,
+    )  # fmt: skip
+    assert isinstance(model, SyntheticCLIP)
     return model
 
 
