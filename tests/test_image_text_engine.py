@@ -241,3 +241,36 @@ def test_layer_input_with_references_equals_the_previous_layer_output(cls):
         on_input.attribute_pairs(q, refs, attribute_to_layer_input=True),
         on_stem.attribute_pairs(q, refs),
     )
+
+
+class _Bypassed(torch.nn.Module):
+    """``unused`` runs but the embedding does not depend on it (as the patch
+    tokens leaving a class-token ViT's last block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.unused = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.used(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("cls", [LayerCGRAM, LayerGradFAM])
+def test_an_all_zero_map_is_warned_of_in_attribute_and_attribute_pairs(cls):
+    torch.manual_seed(0)
+    model, x = _Bypassed().eval(), torch.rand(2, 3, 8, 8)
+    refs = torch.randn(3, 4)
+    silent = cls(model, model.unused, metric="cosine")
+    with pytest.warns(UserWarning, match="the map is all zero"):
+        maps = silent.attribute(x, references=refs, target=[0, 1])
+    assert (maps == 0).all()
+    with pytest.warns(UserWarning, match="the map is all zero"):
+        pairs = silent.attribute_pairs(x, refs, chunk_size=2)
+    assert (pairs == 0).all()
+    used = cls(model, model.used, metric="cosine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        used.attribute(x, references=refs, target=[0, 1])
+        used.attribute_pairs(x, refs, chunk_size=2)

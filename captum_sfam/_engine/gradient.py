@@ -25,6 +25,7 @@ from .checks import (
     check_finite,
     check_positive_int,
     checked_pass,
+    compute_dtype,
     finalize_maps,
     public_call,
     weighted_sum,
@@ -290,12 +291,22 @@ class GradientPairAttribution(PairAttribution, GradientAttribution):
                 ).unsqueeze(1)
             scores = scores.reshape(batch, count)
             acts = as_grid(self._layer, captured[0], queries, False)
-            acts = checked_pass(self._layer.model, [acts], [acts], ["inputs"])[0]
-            maps = acts.new_empty(batch, count, *acts.shape[-2:])
-            for cols, (grads,) in batched_gradients(scores, captured, chunk_size):
+            dtype = compute_dtype(acts)
+            weights = acts.new_empty(count, batch, acts.shape[1], dtype=dtype)
+            zero = torch.zeros(batch, dtype=torch.bool, device=acts.device)
+            for cols, (grads, emb_grads) in batched_gradients(
+                scores, [captured[0], emb], chunk_size
+            ):
                 grid = as_grid(self._layer, grads, queries, True)
-                weights = grid.to(acts.dtype).mean((-2, -1))  # (r, Q, N)
-                maps[:, cols] = weighted_sum(weights, acts.unsqueeze(0)).transpose(0, 1)
+                weights[cols] = grid.to(dtype).mean((-2, -1))  # (r, Q, N)
+                # as in attribute: a pair whose score moves with the embedding
+                # but not with the layer has an all-zero map
+                still = (grid.flatten(2) == 0).all(2) & (emb_grads != 0).any(2)
+                zero |= still.any(0).to(zero.device)
+        acts = checked_pass(
+            self._layer.model, [acts], [acts], ["inputs"], zero, type(self).__name__
+        )[0]
+        maps = weighted_sum(weights, acts.unsqueeze(0)).transpose(0, 1)
         return finalize_maps(maps, relu_attributions, acts.dtype).unsqueeze(2)
 
     def _check_embeddings(self, emb: Tensor, refs: ReferencePairs) -> None:
