@@ -257,19 +257,24 @@ class _Bypassed(torch.nn.Module):
         return self.used(x).mean((2, 3))
 
 
-@pytest.mark.parametrize("cls", [LayerCGRAM, LayerGradFAM])
+@pytest.mark.parametrize("cls", GRADIENT)
 def test_an_all_zero_map_is_warned_of_in_attribute_and_attribute_pairs(cls):
     torch.manual_seed(0)
     model, x = _Bypassed().eval(), torch.rand(2, 3, 8, 8)
     refs = torch.randn(3, 4)
-    silent = cls(model, model.unused, metric="cosine")
+    multi = cls is LayerMultiBlockGrad  # takes a list of layers
+
+    def member(layer):
+        return cls(model, [layer] if multi else layer, metric="cosine")
+
+    silent = member(model.unused)
     with pytest.warns(UserWarning, match="the map is all zero"):
         maps = silent.attribute(x, references=refs, target=[0, 1])
     assert (maps == 0).all()
     with pytest.warns(UserWarning, match="the map is all zero"):
         pairs = silent.attribute_pairs(x, refs, chunk_size=2)
     assert (pairs == 0).all()
-    used = cls(model, model.used, metric="cosine")
+    used = member(model.used)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         used.attribute(x, references=refs, target=[0, 1])

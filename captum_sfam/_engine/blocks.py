@@ -20,12 +20,14 @@ from torch.nn import Module
 from ..functional.similarity import MetricFunc
 from .captum_compat import format_additional_forward_args
 from .checks import (
+    ZERO_MAP,
     check_finite,
     check_positive_int,
     checked_pass,
     finalize_maps,
     public_call,
     select_embedding,
+    warn_if,
 )
 from .gradient import GradientPairAttribution
 from .graph import as_grid, batched_gradients, query_graph
@@ -170,11 +172,15 @@ class MultiLayerPairAttribution(GradientPairAttribution):
                 against = refs.contrast.to(emb.dtype).expand(batch, -1)
                 scores = scores - self._reference_score(emb, against, None)[:, None]
             acts = self._grids(captured, queries)
-            parts = []
-            for _, grads in batched_gradients(scores, captured, chunk_size):
+            parts, zero = [], torch.zeros(batch, dtype=torch.bool, device=emb.device)
+            for _, (*grads, emb_grads) in batched_gradients(
+                scores, [*captured, emb], chunk_size
+            ):
+                zero |= self._still(grads, emb_grads, True).to(zero.device)
                 grids = [as_grid(layer, g, queries, True)
                          for layer, g in zip(self._layers, grads)]  # fmt: skip
                 parts.append(self._maps([a.unsqueeze(0) for a in acts], grids))
+        warn_if(zero.any(), ZERO_MAP.format(member=type(self).__name__))
         maps = torch.cat(parts).transpose(0, 1)
         return finalize_maps(maps, relu_attributions, acts[0].dtype).unsqueeze(2)
 
@@ -195,6 +201,23 @@ class MultiLayerPairAttribution(GradientPairAttribution):
             for g in (as_grid(layer, t, images, False)
                       for layer, t in zip(self._layers, captured))
         ]  # fmt: skip
+
+    @staticmethod
+    def _still(
+        grads: Sequence[Optional[Tensor]], emb_grad: Optional[Tensor], stacked: bool
+    ) -> Tensor:
+        """(B,) the queries whose score moves with their embedding but whose
+        gradient is exactly zero at every layer (the layers do not reach the
+        embedding, as a class-token ViT's last block): their map is all zero.
+        ``stacked``: gradients of several scores, (r, B, ...)."""
+        dim = 2 if stacked else 1
+        if emb_grad is None:  # the score does not depend on the embedding
+            return torch.zeros(1, dtype=torch.bool)
+        still = (emb_grad != 0).flatten(dim).any(dim)
+        for grad in grads:
+            if grad is not None:
+                still = still & (grad.flatten(dim) == 0).all(dim).to(still.device)
+        return still.any(0) if stacked else still
 
     def _gradient_grids(
         self, captured: List[Tensor], grads: Sequence[Optional[Tensor]], images: Images
@@ -226,8 +249,12 @@ class MultiLayerPairAttribution(GradientPairAttribution):
             refs = reference_arguments(chosen, len(chosen), None, against)
             self._check_embeddings(emb, refs)
             score = self._reference_score(emb, chosen.to(emb.dtype), against).sum()
-            grads = torch.autograd.grad(score, captured, allow_unused=True)
+            *grads, emb_grad = torch.autograd.grad(
+                score, [*captured, emb], allow_unused=True
+            )
             acts = self._grids(captured, queries)
+        zero = self._still(grads, emb_grad, False)
+        warn_if(zero.any(), ZERO_MAP.format(member=type(self).__name__))
         grids = self._gradient_grids(captured, grads, queries)
         return self._maps(acts, grids), emb.detach()
 

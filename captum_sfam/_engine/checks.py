@@ -241,7 +241,7 @@ def checked_pass(
     if model is not None:
         warn_if_train_mode(model)
     if zero_map is not None:
-        warn_if(zero_map.any(), _ZERO_MAP.format(member=member))
+        warn_if(zero_map.any(), ZERO_MAP.format(member=member))
     dtype = compute_dtype(*activations[:2])
     return [a.to(dtype) for a in activations]
 
@@ -259,7 +259,7 @@ NOT_CALLED = (
 )
 
 
-_ZERO_MAP = (
+ZERO_MAP = (
     "{member}: the map is all zero for a query, because the "
     "embedding does not depend on layer there (its gradient at layer is "
     "exactly zero while the score depends on the embedding). A vision "
